@@ -1,0 +1,1040 @@
+//! The `bee.toml` file: read with serde, then validated in a separate step.
+//!
+//! [`RawConfig`] mirrors the file and rejects unknown keys; [`RawConfig::validate`] turns it
+//! into a [`Config`] whose values are checked and typed. Every error names the file, the
+//! key, the value given and what would be accepted, so that a user can fix the file
+//! without reading the source.
+//!
+//! This module does not decide whether a valid combination can be run by the backends
+//! built into a front end: that is the cluster builder's job.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::net::Ipv4Addr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+
+/// Most nodes one cluster may have.
+pub const MAX_NODES: u32 = 64;
+/// Most vCPUs one node may have.
+pub const MAX_CPUS: u32 = 64;
+/// Least memory a node may have: Docker and systemd do not start in less.
+pub const MIN_MEMORY_MIB: u64 = 256;
+/// Most memory a node may have.
+pub const MAX_MEMORY_MIB: u64 = 1024 * 1024;
+/// Default number of vCPUs per node.
+pub const DEFAULT_CPUS: u32 = 1;
+/// Default memory per node.
+pub const DEFAULT_MEMORY_MIB: u64 = 1024;
+/// Default data-plane subnet.
+pub const DEFAULT_SUBNET: &str = "192.168.100.0/24";
+/// Longest cluster name, so that derived paths and socket names stay short.
+pub const MAX_NAME_LEN: usize = 32;
+
+/// A configuration that could not be read or is not valid.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("cannot read {}", file.display())]
+    Read {
+        /// The configuration file.
+        file: PathBuf,
+        /// Why reading failed.
+        source: std::io::Error,
+    },
+    /// The file is not valid TOML or has keys bee does not know.
+    #[error("{}: {message}", file.display())]
+    Parse {
+        /// The configuration file.
+        file: PathBuf,
+        /// The parser's message, with the line and column.
+        message: String,
+    },
+    /// A key has a value bee does not accept.
+    #[error("{}: {key} = {value}: {accepted}", file.display())]
+    Invalid {
+        /// The configuration file.
+        file: PathBuf,
+        /// The dotted key, such as `cluster.nodes`.
+        key: String,
+        /// The value given, as written in TOML.
+        value: String,
+        /// What would be accepted.
+        accepted: String,
+    },
+    /// A section lacks something it needs, or has parts that exclude each other.
+    #[error("{}: [{section}]: {problem}", file.display())]
+    Section {
+        /// The section, such as `application`.
+        section: String,
+        /// The configuration file.
+        file: PathBuf,
+        /// What is wrong and how to fix it.
+        problem: String,
+    },
+}
+
+/// `bee.toml` as written, before validation.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawConfig {
+    /// `[cluster]`: name and size.
+    pub cluster: RawCluster,
+    /// `[hardware]`: the paper's uconf, per node.
+    #[serde(default)]
+    pub hardware: RawHardware,
+    /// `[network]`: the data-plane network.
+    #[serde(default)]
+    pub network: RawNetwork,
+    /// `[storage]`: shared storage.
+    pub storage: Option<RawStorage>,
+    /// `[application]`: the containerized application.
+    pub application: Option<RawApplication>,
+    /// `[[platform]]`: where to run, highest priority first.
+    #[serde(default)]
+    pub platform: Vec<RawPlatform>,
+}
+
+/// `[cluster]` as written.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawCluster {
+    /// Cluster name.
+    pub name: Option<String>,
+    /// Number of nodes.
+    pub nodes: Option<i64>,
+}
+
+/// `[hardware]` as written.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawHardware {
+    /// vCPUs per node.
+    pub cpus: Option<i64>,
+    /// Memory per node, such as `"1GiB"`.
+    pub memory: Option<String>,
+}
+
+/// `[network]` as written.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawNetwork {
+    /// `multicast`, `p2p-star` or `p2p-tree`.
+    pub mode: Option<String>,
+    /// Data-plane subnet in CIDR notation.
+    pub subnet: Option<String>,
+}
+
+/// `[storage]` as written.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawStorage {
+    /// `virtio-9p` or `data-image-nfs`.
+    pub mode: Option<String>,
+    /// Host directory staged in before the run.
+    pub input: Option<String>,
+    /// Host directory the results are collected into.
+    pub output: Option<String>,
+}
+
+/// `[application]` as written.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawApplication {
+    /// An image reference to pull, such as `127.0.0.1:5000/app:1`.
+    pub image: Option<String>,
+    /// A Dockerfile to build inside each node.
+    pub dockerfile: Option<String>,
+    /// The build context of `dockerfile`; defaults to the Dockerfile's directory.
+    pub context: Option<String>,
+    /// A `docker save` tarball to load into each node.
+    pub tarball: Option<String>,
+    /// The tag given to a built or loaded image.
+    pub tag: Option<String>,
+    /// The command run in the master's container; the image's default when absent.
+    pub command: Option<Vec<String>>,
+    /// Extra environment variables of the container.
+    #[serde(default)]
+    pub env: BTreeMap<String, String>,
+    /// Working directory inside the container.
+    pub workdir: Option<String>,
+}
+
+/// One `[[platform]]` entry as written.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawPlatform {
+    /// `vm`, `aws` or `chameleon`.
+    pub backend: Option<String>,
+    /// `"local"`, `"slurm"` or a list of host names.
+    pub hosts: Option<toml::Value>,
+    /// How long the platform may be used, such as `"20m"`.
+    pub time_slot: Option<String>,
+}
+
+/// A validated configuration.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Config {
+    /// The file it was read from.
+    pub file: PathBuf,
+    /// The cluster's name, unique among this user's clusters.
+    pub name: String,
+    /// Number of nodes; node 0 is the master.
+    pub nodes: u32,
+    /// Per-node hardware.
+    pub hardware: Hardware,
+    /// The data-plane network.
+    pub network: NetworkSpec,
+    /// Shared storage, if any.
+    pub storage: Option<StorageSpec>,
+    /// The application, if the file describes one (`bee up` needs none).
+    pub application: Option<Application>,
+    /// Platforms in priority order, highest first; never empty.
+    pub platforms: Vec<Platform>,
+}
+
+/// Per-node hardware (the paper's uconf).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Hardware {
+    /// vCPUs.
+    pub cpus: u32,
+    /// Memory in MiB.
+    pub memory_mib: u64,
+}
+
+/// How the nodes' data-plane NICs are joined (paper section III-A).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum NetworkMode {
+    /// One QEMU socket multicast group (paper Fig. 2).
+    Multicast,
+    /// Point-to-point links from every node to the master (paper Fig. 3, star).
+    P2pStar,
+    /// A binary tree of point-to-point links rooted at the master.
+    P2pTree,
+}
+
+impl NetworkMode {
+    /// Every mode with its name in `bee.toml`.
+    pub const ALL: [(NetworkMode, &'static str); 3] = [
+        (NetworkMode::Multicast, "multicast"),
+        (NetworkMode::P2pStar, "p2p-star"),
+        (NetworkMode::P2pTree, "p2p-tree"),
+    ];
+
+    /// The name used in `bee.toml`.
+    pub fn name(self) -> &'static str {
+        Self::ALL.iter().find(|(mode, _)| *mode == self).map(|(_, name)| *name).unwrap_or("")
+    }
+}
+
+impl fmt::Display for NetworkMode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// The data-plane network of a cluster.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct NetworkSpec {
+    /// How NICs are joined.
+    pub mode: NetworkMode,
+    /// Network address of the subnet.
+    pub subnet: Ipv4Addr,
+    /// Prefix length of the subnet.
+    pub prefix: u8,
+}
+
+/// How nodes share a directory (paper section III-B).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum StorageMode {
+    /// A host directory shared into every guest (paper Fig. 5).
+    Virtio9p,
+    /// A data image on the master, exported over NFS (paper Fig. 4).
+    DataImageNfs,
+}
+
+impl StorageMode {
+    /// Every mode with its name in `bee.toml`.
+    pub const ALL: [(StorageMode, &'static str); 2] =
+        [(StorageMode::Virtio9p, "virtio-9p"), (StorageMode::DataImageNfs, "data-image-nfs")];
+
+    /// The name used in `bee.toml`.
+    pub fn name(self) -> &'static str {
+        Self::ALL.iter().find(|(mode, _)| *mode == self).map(|(_, name)| *name).unwrap_or("")
+    }
+}
+
+/// Shared storage of a cluster.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StorageSpec {
+    /// How the directory is shared.
+    pub mode: StorageMode,
+    /// Host directory staged in before the run.
+    pub input: Option<PathBuf>,
+    /// Host directory results are collected into.
+    pub output: Option<PathBuf>,
+}
+
+/// Where the application image comes from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ImageSource {
+    /// Pulled from a registry.
+    Registry {
+        /// The image reference.
+        reference: String,
+    },
+    /// Built from a Dockerfile inside each node.
+    Dockerfile {
+        /// The Dockerfile.
+        dockerfile: PathBuf,
+        /// The build context directory.
+        context: PathBuf,
+    },
+    /// Loaded from a `docker save` tarball.
+    Tarball {
+        /// The tarball.
+        path: PathBuf,
+    },
+}
+
+/// The containerized application.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Application {
+    /// Where its image comes from.
+    pub source: ImageSource,
+    /// The image name the container is started from.
+    pub image: String,
+    /// Command run in the master's container; empty means the image's default.
+    pub command: Vec<String>,
+    /// Extra environment variables.
+    pub env: BTreeMap<String, String>,
+    /// Working directory inside the container.
+    pub workdir: Option<String>,
+}
+
+/// Kinds of backend that bring up nodes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum BackendKind {
+    /// QEMU virtual machines (BEE-VM).
+    Vm,
+    /// Amazon EC2 (BEE-AWS).
+    Aws,
+    /// Chameleon Cloud bare metal (BEE-Chameleon).
+    Chameleon,
+}
+
+impl BackendKind {
+    /// Every backend with its name in `bee.toml`.
+    pub const ALL: [(BackendKind, &'static str); 3] =
+        [(BackendKind::Vm, "vm"), (BackendKind::Aws, "aws"), (BackendKind::Chameleon, "chameleon")];
+
+    /// The name used in `bee.toml`.
+    pub fn name(self) -> &'static str {
+        Self::ALL.iter().find(|(kind, _)| *kind == self).map(|(_, name)| *name).unwrap_or("")
+    }
+}
+
+/// The machines a platform's nodes run on.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Hosts {
+    /// This machine.
+    Local,
+    /// The nodes of the current Slurm allocation.
+    Slurm,
+    /// Hosts reached over SSH.
+    List(Vec<String>),
+}
+
+/// One entry of the platform priority list (Algorithm 1).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Platform {
+    /// What brings up the nodes.
+    pub backend: BackendKind,
+    /// Where they run.
+    pub hosts: Hosts,
+    /// How long the platform may be used; `None` means no limit.
+    pub time_slot: Option<Duration>,
+}
+
+impl Config {
+    /// Reads and validates a configuration file.
+    pub fn load(file: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(file)
+            .map_err(|source| ConfigError::Read { file: file.to_path_buf(), source })?;
+        RawConfig::parse(file, &text)?.validate(file)
+    }
+}
+
+impl RawConfig {
+    /// Parses TOML text; `file` only names the source in errors.
+    pub fn parse(file: &Path, text: &str) -> Result<RawConfig, ConfigError> {
+        toml::from_str(text).map_err(|err| ConfigError::Parse {
+            file: file.to_path_buf(),
+            message: err.to_string().trim_end().replace('\n', "\n  "),
+        })
+    }
+
+    /// Checks every value and resolves relative paths against the file's directory.
+    pub fn validate(&self, file: &Path) -> Result<Config, ConfigError> {
+        let check = Checker { file, base: file.parent().unwrap_or(Path::new(".")) };
+        Ok(Config {
+            file: file.to_path_buf(),
+            name: check.name(self.cluster.name.as_deref())?,
+            nodes: check.nodes(self.cluster.nodes)?,
+            hardware: check.hardware(&self.hardware)?,
+            network: check.network(&self.network)?,
+            storage: self.storage.as_ref().map(|s| check.storage(s)).transpose()?,
+            application: self.application.as_ref().map(|a| check.application(a)).transpose()?,
+            platforms: check.platforms(&self.platform)?,
+        })
+    }
+}
+
+/// Validation of one file's values; holds what every error needs.
+struct Checker<'a> {
+    file: &'a Path,
+    base: &'a Path,
+}
+
+impl Checker<'_> {
+    fn invalid(&self, key: &str, value: impl fmt::Display, accepted: &str) -> ConfigError {
+        ConfigError::Invalid {
+            file: self.file.to_path_buf(),
+            key: key.to_string(),
+            value: value.to_string(),
+            accepted: accepted.to_string(),
+        }
+    }
+
+    fn section(&self, section: &str, problem: &str) -> ConfigError {
+        ConfigError::Section {
+            section: section.to_string(),
+            file: self.file.to_path_buf(),
+            problem: problem.to_string(),
+        }
+    }
+
+    fn name(&self, name: Option<&str>) -> Result<String, ConfigError> {
+        let name = name.ok_or_else(|| {
+            self.section("cluster", "no name given: add name = \"...\" (letters, digits, '-')")
+        })?;
+        let valid_chars =
+            name.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-');
+        if name.is_empty()
+            || name.len() > MAX_NAME_LEN
+            || !valid_chars
+            || name.starts_with('-')
+            || name.ends_with('-')
+        {
+            let accepted = format!(
+                "expected 1 to {MAX_NAME_LEN} lower-case letters, digits and inner '-', \
+                 such as \"mpi-ring\""
+            );
+            return Err(self.invalid("cluster.name", quoted(name), &accepted));
+        }
+        Ok(name.to_string())
+    }
+
+    fn nodes(&self, nodes: Option<i64>) -> Result<u32, ConfigError> {
+        let nodes = nodes.ok_or_else(|| {
+            self.section("cluster", &format!("no nodes given: add nodes = 1 to {MAX_NODES}"))
+        })?;
+        match u32::try_from(nodes) {
+            Ok(n) if (1..=MAX_NODES).contains(&n) => Ok(n),
+            _ => Err(self.invalid(
+                "cluster.nodes",
+                nodes,
+                &format!("expected a whole number from 1 to {MAX_NODES}"),
+            )),
+        }
+    }
+
+    fn hardware(&self, raw: &RawHardware) -> Result<Hardware, ConfigError> {
+        let cpus = match raw.cpus {
+            None => DEFAULT_CPUS,
+            Some(cpus) => match u32::try_from(cpus) {
+                Ok(n) if (1..=MAX_CPUS).contains(&n) => n,
+                _ => {
+                    let accepted = format!("expected a whole number from 1 to {MAX_CPUS}");
+                    return Err(self.invalid("hardware.cpus", cpus, &accepted));
+                }
+            },
+        };
+        let memory_mib = match raw.memory.as_deref() {
+            None => DEFAULT_MEMORY_MIB,
+            Some(text) => {
+                let accepted = format!(
+                    "expected a size from {MIN_MEMORY_MIB}MiB to {}GiB, such as \"512MiB\" \
+                     or \"2GiB\"",
+                    MAX_MEMORY_MIB / 1024
+                );
+                match parse_size_mib(text) {
+                    Some(mib) if (MIN_MEMORY_MIB..=MAX_MEMORY_MIB).contains(&mib) => mib,
+                    _ => return Err(self.invalid("hardware.memory", quoted(text), &accepted)),
+                }
+            }
+        };
+        Ok(Hardware { cpus, memory_mib })
+    }
+
+    fn network(&self, raw: &RawNetwork) -> Result<NetworkSpec, ConfigError> {
+        let mode = match raw.mode.as_deref() {
+            None => NetworkMode::P2pTree,
+            Some(text) => NetworkMode::ALL
+                .iter()
+                .find(|(_, name)| *name == text)
+                .map(|(mode, _)| *mode)
+                .ok_or_else(|| {
+                    let names = NetworkMode::ALL.map(|(_, name)| name);
+                    self.invalid("network.mode", quoted(text), &one_of(&names))
+                })?,
+        };
+        let subnet_text = raw.subnet.as_deref().unwrap_or(DEFAULT_SUBNET);
+        let (subnet, prefix) = parse_subnet(subnet_text).ok_or_else(|| {
+            self.invalid(
+                "network.subnet",
+                quoted(subnet_text),
+                "expected an IPv4 network with a prefix from 16 to 29 and no host bits set, \
+                 such as \"192.168.100.0/24\"",
+            )
+        })?;
+        Ok(NetworkSpec { mode, subnet, prefix })
+    }
+
+    fn storage(&self, raw: &RawStorage) -> Result<StorageSpec, ConfigError> {
+        let text = raw.mode.as_deref().ok_or_else(|| {
+            let names = StorageMode::ALL.map(|(_, name)| name);
+            self.section("storage", &format!("no mode given: add mode = {}", one_of(&names)))
+        })?;
+        let mode = StorageMode::ALL
+            .iter()
+            .find(|(_, name)| *name == text)
+            .map(|(mode, _)| *mode)
+            .ok_or_else(|| {
+                let names = StorageMode::ALL.map(|(_, name)| name);
+                self.invalid("storage.mode", quoted(text), &one_of(&names))
+            })?;
+        let input = raw.input.as_deref().map(|p| self.existing_dir("storage.input", p));
+        Ok(StorageSpec {
+            mode,
+            input: input.transpose()?,
+            output: raw.output.as_deref().map(|p| self.base.join(p)),
+        })
+    }
+
+    fn application(&self, raw: &RawApplication) -> Result<Application, ConfigError> {
+        let given: Vec<&str> = [
+            ("image", raw.image.is_some()),
+            ("dockerfile", raw.dockerfile.is_some()),
+            ("tarball", raw.tarball.is_some()),
+        ]
+        .iter()
+        .filter(|(_, set)| *set)
+        .map(|(key, _)| *key)
+        .collect();
+        if given.is_empty() {
+            return Err(self.section(
+                "application",
+                "no image given: set one of image (a registry reference), dockerfile (built in \
+                 each node) or tarball (a `docker save` file)",
+            ));
+        }
+        if given.len() > 1 {
+            return Err(self.section(
+                "application",
+                &format!("{} image sources given ({}): set exactly one", given.len(), given.join(", ")),
+            ));
+        }
+        if raw.context.is_some() && raw.dockerfile.is_none() {
+            return Err(self.section("application", "context is only used with dockerfile"));
+        }
+        let source = if let Some(reference) = &raw.image {
+            if !valid_reference(reference) {
+                return Err(self.invalid(
+                    "application.image",
+                    quoted(reference),
+                    "expected an image reference such as \"debian:bookworm\" or \
+                     \"127.0.0.1:5000/app:1\"",
+                ));
+            }
+            ImageSource::Registry { reference: reference.clone() }
+        } else if let Some(dockerfile) = &raw.dockerfile {
+            let dockerfile = self.existing_file("application.dockerfile", dockerfile)?;
+            let context = match &raw.context {
+                Some(dir) => self.existing_dir("application.context", dir)?,
+                None => dockerfile.parent().unwrap_or(self.base).to_path_buf(),
+            };
+            ImageSource::Dockerfile { dockerfile, context }
+        } else {
+            let tarball = raw.tarball.as_deref().unwrap_or_default();
+            ImageSource::Tarball { path: self.existing_file("application.tarball", tarball)? }
+        };
+        let image = match (&source, &raw.tag) {
+            (ImageSource::Registry { reference }, None) => reference.clone(),
+            (ImageSource::Registry { .. }, Some(_)) => {
+                return Err(self.section("application", "tag is only used with dockerfile or tarball"))
+            }
+            (_, Some(tag)) if !valid_reference(tag) => {
+                return Err(self.invalid(
+                    "application.tag",
+                    quoted(tag),
+                    "expected an image name such as \"mpi-ring:latest\"",
+                ))
+            }
+            (_, Some(tag)) => tag.clone(),
+            (ImageSource::Dockerfile { .. }, None) => "bee/app:latest".to_string(),
+            (ImageSource::Tarball { .. }, None) => {
+                return Err(self.section(
+                    "application",
+                    "tarball needs tag: the name of the image the tarball holds, such as \
+                     tag = \"hello:latest\"",
+                ))
+            }
+        };
+        if let Some(command) = &raw.command {
+            if command.is_empty() || command[0].is_empty() {
+                return Err(self.invalid(
+                    "application.command",
+                    "[]",
+                    "expected a program and its arguments, such as [\"mpirun\", \"-np\", \"2\", \
+                     \"/app/ring\"], or no command to use the image's default",
+                ));
+            }
+        }
+        if let Some(bad) = raw.env.keys().find(|key| !valid_env_name(key)) {
+            return Err(self.invalid(
+                &format!("application.env.{bad}"),
+                quoted(&raw.env[bad]),
+                "expected variable names of letters, digits and '_', not starting with a digit",
+            ));
+        }
+        if let Some(workdir) = &raw.workdir {
+            if !workdir.starts_with('/') {
+                return Err(self.invalid(
+                    "application.workdir",
+                    quoted(workdir),
+                    "expected an absolute path inside the container, such as \"/app\"",
+                ));
+            }
+        }
+        Ok(Application {
+            source,
+            image,
+            command: raw.command.clone().unwrap_or_default(),
+            env: raw.env.clone(),
+            workdir: raw.workdir.clone(),
+        })
+    }
+
+    fn platforms(&self, raw: &[RawPlatform]) -> Result<Vec<Platform>, ConfigError> {
+        if raw.is_empty() {
+            return Ok(vec![Platform { backend: BackendKind::Vm, hosts: Hosts::Local, time_slot: None }]);
+        }
+        raw.iter().enumerate().map(|(index, platform)| self.platform(index, platform)).collect()
+    }
+
+    fn platform(&self, index: usize, raw: &RawPlatform) -> Result<Platform, ConfigError> {
+        let key = |name: &str| format!("platform[{index}].{name}");
+        let names = BackendKind::ALL.map(|(_, name)| name);
+        let text = raw.backend.as_deref().ok_or_else(|| {
+            self.section(
+                &format!("[platform]] entry {index}"),
+                &format!("no backend given: add backend = {}", one_of(&names)),
+            )
+        })?;
+        let backend = BackendKind::ALL
+            .iter()
+            .find(|(_, name)| *name == text)
+            .map(|(kind, _)| *kind)
+            .ok_or_else(|| self.invalid(&key("backend"), quoted(text), &one_of(&names)))?;
+        let hosts_accepted = "expected \"local\", \"slurm\" or a non-empty list of host names";
+        let hosts = match &raw.hosts {
+            None => Hosts::Local,
+            Some(toml::Value::String(s)) if s == "local" => Hosts::Local,
+            Some(toml::Value::String(s)) if s == "slurm" => Hosts::Slurm,
+            Some(toml::Value::Array(items)) if !items.is_empty() => {
+                let names: Option<Vec<String>> = items
+                    .iter()
+                    .map(|item| item.as_str().filter(|s| valid_host(s)).map(str::to_string))
+                    .collect();
+                Hosts::List(names.ok_or_else(|| {
+                    self.invalid(&key("hosts"), raw.hosts.as_ref().unwrap(), hosts_accepted)
+                })?)
+            }
+            Some(other) => return Err(self.invalid(&key("hosts"), other, hosts_accepted)),
+        };
+        let time_slot = match raw.time_slot.as_deref() {
+            None => None,
+            Some(text) => match parse_duration(text) {
+                Some(slot) if !slot.is_zero() => Some(slot),
+                _ => {
+                    return Err(self.invalid(
+                        &key("time_slot"),
+                        quoted(text),
+                        "expected a positive duration such as \"90s\", \"20m\" or \"2h\"",
+                    ))
+                }
+            },
+        };
+        Ok(Platform { backend, hosts, time_slot })
+    }
+
+    fn resolve(&self, path: &str) -> PathBuf {
+        self.base.join(path)
+    }
+
+    fn existing_file(&self, key: &str, path: &str) -> Result<PathBuf, ConfigError> {
+        let resolved = self.resolve(path);
+        if resolved.is_file() {
+            Ok(resolved)
+        } else {
+            let accepted = format!("no such file ({}): expected an existing file, relative \
+                 to the directory of the configuration file", resolved.display());
+            Err(self.invalid(key, quoted(path), &accepted))
+        }
+    }
+
+    fn existing_dir(&self, key: &str, path: &str) -> Result<PathBuf, ConfigError> {
+        let resolved = self.resolve(path);
+        if resolved.is_dir() {
+            Ok(resolved)
+        } else {
+            let accepted = format!("no such directory ({}): expected an existing directory, \
+                 relative to the directory of the configuration file", resolved.display());
+            Err(self.invalid(key, quoted(path), &accepted))
+        }
+    }
+}
+
+fn quoted(text: &str) -> String {
+    format!("{text:?}")
+}
+
+fn one_of(names: &[&str]) -> String {
+    let quoted: Vec<String> = names.iter().map(|name| format!("\"{name}\"")).collect();
+    format!("expected one of {}", quoted.join(", "))
+}
+
+/// Parses sizes such as `512MiB`, `2GiB`, `2G` or `1024` (MiB) into MiB.
+pub fn parse_size_mib(text: &str) -> Option<u64> {
+    let text = text.trim();
+    let split = text.find(|c: char| !c.is_ascii_digit()).unwrap_or(text.len());
+    let (number, unit) = text.split_at(split);
+    let number: u64 = number.parse().ok()?;
+    let factor = match unit.trim() {
+        "" | "M" | "MiB" | "MB" => 1,
+        "G" | "GiB" | "GB" => 1024,
+        "T" | "TiB" | "TB" => 1024 * 1024,
+        _ => return None,
+    };
+    number.checked_mul(factor)
+}
+
+/// Parses durations such as `90s`, `20m`, `2h` or `1h30m`.
+pub fn parse_duration(text: &str) -> Option<Duration> {
+    let mut total = 0u64;
+    let mut rest = text.trim();
+    if rest.is_empty() {
+        return None;
+    }
+    while !rest.is_empty() {
+        let split = rest.find(|c: char| !c.is_ascii_digit())?;
+        let (number, tail) = rest.split_at(split);
+        let number: u64 = number.parse().ok()?;
+        let unit_len = tail.find(|c: char| c.is_ascii_digit()).unwrap_or(tail.len());
+        let (unit, tail) = tail.split_at(unit_len);
+        let seconds = match unit {
+            "s" => 1,
+            "m" | "min" => 60,
+            "h" => 3600,
+            "d" => 86400,
+            _ => return None,
+        };
+        total = total.checked_add(number.checked_mul(seconds)?)?;
+        rest = tail;
+    }
+    Some(Duration::from_secs(total))
+}
+
+fn parse_subnet(text: &str) -> Option<(Ipv4Addr, u8)> {
+    let (addr, prefix) = text.split_once('/')?;
+    let addr: Ipv4Addr = addr.parse().ok()?;
+    let prefix: u8 = prefix.parse().ok()?;
+    if !(16..=29).contains(&prefix) {
+        return None;
+    }
+    let mask = u32::MAX << (32 - prefix);
+    (u32::from(addr) & !mask == 0).then_some((addr, prefix))
+}
+
+fn valid_reference(reference: &str) -> bool {
+    !reference.is_empty()
+        && reference.len() <= 255
+        && !reference.starts_with(['/', ':', '.', '-'])
+        && reference.chars().all(|c| c.is_ascii_alphanumeric() || "._-/:@".contains(c))
+        && !reference.chars().any(|c| c.is_ascii_uppercase())
+}
+
+fn valid_env_name(name: &str) -> bool {
+    !name.is_empty()
+        && !name.starts_with(|c: char| c.is_ascii_digit())
+        && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
+}
+
+fn valid_host(host: &str) -> bool {
+    !host.is_empty()
+        && !host.starts_with('-')
+        && host.chars().all(|c| c.is_ascii_alphanumeric() || ".-_@:".contains(c))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const FILE: &str = "/cfg/bee.toml";
+
+    fn validate(text: &str) -> Result<Config, ConfigError> {
+        RawConfig::parse(Path::new(FILE), text)?.validate(Path::new(FILE))
+    }
+
+    fn error(text: &str) -> String {
+        validate(text).expect_err("configuration should be refused").to_string()
+    }
+
+    const APP: &str = "[application]\nimage = \"debian:bookworm\"\n";
+
+    #[test]
+    fn minimal_file_gets_defaults() {
+        let config = validate("[cluster]\nname = \"one\"\nnodes = 1\n").unwrap();
+        assert_eq!(config.name, "one");
+        assert_eq!(config.hardware, Hardware { cpus: 1, memory_mib: 1024 });
+        assert_eq!(config.network.mode, NetworkMode::P2pTree);
+        assert_eq!(config.network.subnet, Ipv4Addr::new(192, 168, 100, 0));
+        assert_eq!(config.platforms.len(), 1);
+        assert_eq!(config.platforms[0].hosts, Hosts::Local);
+        assert!(config.application.is_none());
+    }
+
+    #[test]
+    fn full_file_is_typed() {
+        let text = format!(
+            "[cluster]\nname = \"ring\"\nnodes = 3\n[hardware]\ncpus = 2\nmemory = \"2GiB\"\n\
+             [network]\nmode = \"multicast\"\nsubnet = \"10.9.0.0/16\"\n{APP}\
+             command = [\"echo\", \"hi\"]\nenv = {{ A_B = \"1\" }}\nworkdir = \"/app\"\n\
+             [[platform]]\nbackend = \"vm\"\nhosts = [\"h1\", \"h2\"]\ntime_slot = \"1h30m\"\n"
+        );
+        let config = validate(&text).unwrap();
+        assert_eq!(config.nodes, 3);
+        assert_eq!(config.hardware, Hardware { cpus: 2, memory_mib: 2048 });
+        assert_eq!(config.network.prefix, 16);
+        let app = config.application.unwrap();
+        assert_eq!(app.image, "debian:bookworm");
+        assert_eq!(app.command, ["echo", "hi"]);
+        assert_eq!(
+            config.platforms[0],
+            Platform {
+                backend: BackendKind::Vm,
+                hosts: Hosts::List(vec!["h1".into(), "h2".into()]),
+                time_slot: Some(Duration::from_secs(5400)),
+            }
+        );
+    }
+
+    #[test]
+    fn zero_nodes() {
+        assert_eq!(
+            error("[cluster]\nname = \"a\"\nnodes = 0\n"),
+            "/cfg/bee.toml: cluster.nodes = 0: expected a whole number from 1 to 64"
+        );
+    }
+
+    #[test]
+    fn too_many_nodes() {
+        assert_eq!(
+            error("[cluster]\nname = \"a\"\nnodes = 65\n"),
+            "/cfg/bee.toml: cluster.nodes = 65: expected a whole number from 1 to 64"
+        );
+    }
+
+    #[test]
+    fn missing_nodes() {
+        assert_eq!(
+            error("[cluster]\nname = \"a\"\n"),
+            "/cfg/bee.toml: [cluster]: no nodes given: add nodes = 1 to 64"
+        );
+    }
+
+    #[test]
+    fn bad_name() {
+        assert_eq!(
+            error("[cluster]\nname = \"My Cluster\"\nnodes = 1\n"),
+            "/cfg/bee.toml: cluster.name = \"My Cluster\": expected 1 to 32 lower-case letters, \
+             digits and inner '-', such as \"mpi-ring\""
+        );
+    }
+
+    #[test]
+    fn memory_lots() {
+        assert_eq!(
+            error("[cluster]\nname = \"a\"\nnodes = 1\n[hardware]\nmemory = \"lots\"\n"),
+            "/cfg/bee.toml: hardware.memory = \"lots\": expected a size from 256MiB to 1024GiB, \
+             such as \"512MiB\" or \"2GiB\""
+        );
+    }
+
+    #[test]
+    fn memory_too_small() {
+        assert!(error("[cluster]\nname = \"a\"\nnodes = 1\n[hardware]\nmemory = \"64MiB\"\n")
+            .starts_with("/cfg/bee.toml: hardware.memory = \"64MiB\": expected a size from"));
+    }
+
+    #[test]
+    fn zero_cpus() {
+        assert_eq!(
+            error("[cluster]\nname = \"a\"\nnodes = 1\n[hardware]\ncpus = 0\n"),
+            "/cfg/bee.toml: hardware.cpus = 0: expected a whole number from 1 to 64"
+        );
+    }
+
+    #[test]
+    fn unknown_network_mode() {
+        assert_eq!(
+            error("[cluster]\nname = \"a\"\nnodes = 1\n[network]\nmode = \"ring\"\n"),
+            "/cfg/bee.toml: network.mode = \"ring\": expected one of \"multicast\", \
+             \"p2p-star\", \"p2p-tree\""
+        );
+    }
+
+    #[test]
+    fn subnet_with_host_bits() {
+        assert_eq!(
+            error("[cluster]\nname = \"a\"\nnodes = 1\n[network]\nsubnet = \"10.0.0.1/24\"\n"),
+            "/cfg/bee.toml: network.subnet = \"10.0.0.1/24\": expected an IPv4 network with a \
+             prefix from 16 to 29 and no host bits set, such as \"192.168.100.0/24\""
+        );
+    }
+
+    #[test]
+    fn unknown_storage_mode() {
+        assert_eq!(
+            error("[cluster]\nname = \"a\"\nnodes = 1\n[storage]\nmode = \"lustre\"\n"),
+            "/cfg/bee.toml: storage.mode = \"lustre\": expected one of \"virtio-9p\", \
+             \"data-image-nfs\""
+        );
+    }
+
+    #[test]
+    fn no_image_given() {
+        assert_eq!(
+            error("[cluster]\nname = \"a\"\nnodes = 1\n[application]\ncommand = [\"true\"]\n"),
+            "/cfg/bee.toml: [application]: no image given: set one of image (a registry \
+             reference), dockerfile (built in each node) or tarball (a `docker save` file)"
+        );
+    }
+
+    #[test]
+    fn two_image_sources() {
+        assert_eq!(
+            error(&format!("[cluster]\nname = \"a\"\nnodes = 1\n{APP}tarball = \"x.tar\"\n")),
+            "/cfg/bee.toml: [application]: 2 image sources given (image, tarball): set exactly \
+             one"
+        );
+    }
+
+    #[test]
+    fn missing_dockerfile() {
+        assert_eq!(
+            error("[cluster]\nname = \"a\"\nnodes = 1\n[application]\ndockerfile = \"nope\"\n"),
+            "/cfg/bee.toml: application.dockerfile = \"nope\": no such file (/cfg/nope): \
+             expected an existing file, relative to the directory of the configuration file"
+        );
+    }
+
+    #[test]
+    fn empty_command() {
+        assert!(error(&format!("[cluster]\nname = \"a\"\nnodes = 1\n{APP}command = []\n"))
+            .starts_with("/cfg/bee.toml: application.command = []: expected a program"));
+    }
+
+    #[test]
+    fn bad_image_reference() {
+        assert_eq!(
+            error("[cluster]\nname = \"a\"\nnodes = 1\n[application]\nimage = \"Bad Image\"\n"),
+            "/cfg/bee.toml: application.image = \"Bad Image\": expected an image reference such \
+             as \"debian:bookworm\" or \"127.0.0.1:5000/app:1\""
+        );
+    }
+
+    #[test]
+    fn unknown_backend() {
+        assert_eq!(
+            error("[cluster]\nname = \"a\"\nnodes = 1\n[[platform]]\nbackend = \"gcp\"\n"),
+            "/cfg/bee.toml: platform[0].backend = \"gcp\": expected one of \"vm\", \"aws\", \
+             \"chameleon\""
+        );
+    }
+
+    #[test]
+    fn zero_time_slot() {
+        assert_eq!(
+            error(
+                "[cluster]\nname = \"a\"\nnodes = 1\n[[platform]]\nbackend = \"vm\"\n\
+                 time_slot = \"0s\"\n"
+            ),
+            "/cfg/bee.toml: platform[0].time_slot = \"0s\": expected a positive duration such \
+             as \"90s\", \"20m\" or \"2h\""
+        );
+    }
+
+    #[test]
+    fn bad_hosts() {
+        assert_eq!(
+            error(
+                "[cluster]\nname = \"a\"\nnodes = 1\n[[platform]]\nbackend = \"vm\"\n\
+                 hosts = \"cloud\"\n"
+            ),
+            "/cfg/bee.toml: platform[0].hosts = \"cloud\": expected \"local\", \"slurm\" or a \
+             non-empty list of host names"
+        );
+    }
+
+    #[test]
+    fn tarball_needs_tag() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("bee.toml");
+        std::fs::write(dir.path().join("app.tar"), b"").unwrap();
+        let text = "[cluster]\nname = \"a\"\nnodes = 1\n[application]\ntarball = \"app.tar\"\n";
+        std::fs::write(&file, text).unwrap();
+        let err = Config::load(&file).unwrap_err().to_string();
+        assert!(err.ends_with("[application]: tarball needs tag: the name of the image the \
+             tarball holds, such as tag = \"hello:latest\""), "{err}");
+    }
+
+    #[test]
+    fn unknown_key_names_the_key() {
+        let err = error("[cluster]\nname = \"a\"\nnodes = 1\ncolour = \"red\"\n");
+        assert!(err.starts_with("/cfg/bee.toml: TOML parse error at line 4"), "{err}");
+        assert!(err.contains("unknown field `colour`, expected `name` or `nodes`"), "{err}");
+    }
+
+    #[test]
+    fn missing_file_names_the_file() {
+        let err = Config::load(Path::new("/nonexistent/bee.toml")).unwrap_err();
+        assert_eq!(err.to_string(), "cannot read /nonexistent/bee.toml");
+    }
+
+    #[test]
+    fn sizes_and_durations() {
+        assert_eq!(parse_size_mib("512MiB"), Some(512));
+        assert_eq!(parse_size_mib("2G"), Some(2048));
+        assert_eq!(parse_size_mib("1024"), Some(1024));
+        assert_eq!(parse_size_mib("2 GiB"), Some(2048));
+        assert_eq!(parse_size_mib("GiB"), None);
+        assert_eq!(parse_duration("1h30m"), Some(Duration::from_secs(5400)));
+        assert_eq!(parse_duration("45"), None);
+        assert_eq!(parse_duration("10x"), None);
+    }
+}

@@ -1,0 +1,398 @@
+//! The Docker layer: deliver the application image to a node and run its container.
+//!
+//! bee talks to each node's Docker daemon with `bollard`, through the node's Docker socket
+//! forwarded over the node's SSH connection to a unix socket in the cluster directory.
+//! Containers use the host network of the node (the paper's network pass-through) and
+//! get the node's shared directory mounted at the same path.
+//!
+//! # Limitations
+//!
+//! A Dockerfile's build context is packed in memory before it is sent; contexts of many
+//! gigabytes need that much memory.
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use bollard::container::LogOutput;
+use bollard::models::{ContainerCreateBody, HostConfig};
+use bollard::query_parameters::{
+    BuildImageOptionsBuilder, CreateContainerOptionsBuilder, CreateImageOptionsBuilder,
+    ImportImageOptionsBuilder, LogsOptionsBuilder, RemoveContainerOptionsBuilder,
+};
+use bollard::{ClientVersion, Docker};
+use bytes::Bytes;
+use futures_util::StreamExt;
+use tokio::io::AsyncReadExt;
+
+use crate::config::{Application, ImageSource};
+use crate::error::CoreError;
+use crate::events::Events;
+
+/// The Docker API version bee asks for; Debian bookworm's docker.io 20.10 speaks 1.41,
+/// and newer daemons still accept it.
+pub const API_VERSION: ClientVersion = ClientVersion { major_version: 1, minor_version: 41 };
+
+/// The base image every guest carries as a tarball, imported on first use, so that a
+/// Dockerfile `FROM bee/base` builds with no registry.
+pub const BASE_IMAGE: &str = "bee/base:latest";
+
+/// Where the guest image keeps the base image's root file system tarball.
+pub const BASE_TARBALL: &str = "/var/lib/bee/base-container.tar";
+
+/// The directory shared by the nodes, at the same path in guests and containers.
+pub const SHARED_DIR: &str = "/bee/shared";
+
+/// Which stream a piece of container output came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OutputStream {
+    /// Standard output.
+    Stdout,
+    /// Standard error.
+    Stderr,
+}
+
+/// A Docker daemon of one node.
+#[derive(Debug, Clone)]
+pub struct NodeDocker {
+    node: String,
+    docker: Docker,
+}
+
+impl NodeDocker {
+    /// Connects to a daemon through `socket` and asks it to answer; fails at once when it
+    /// does not.
+    pub async fn connect(node: &str, socket: &Path) -> Result<NodeDocker, CoreError> {
+        let path = socket.to_string_lossy();
+        let docker = Docker::connect_with_unix(&path, 600, &API_VERSION)
+            .map_err(|e| docker_error(node, "cannot connect", &e))?;
+        docker.ping().await.map_err(|e| docker_error(node, "no answer", &e))?;
+        let docker = docker
+            .negotiate_version()
+            .await
+            .map_err(|e| docker_error(node, "cannot agree on an API version", &e))?;
+        Ok(NodeDocker { node: node.to_string(), docker })
+    }
+
+    /// The node's name.
+    pub fn node(&self) -> &str {
+        &self.node
+    }
+
+    /// True when the daemon has an image of that name.
+    pub async fn has_image(&self, name: &str) -> Result<bool, CoreError> {
+        match self.docker.inspect_image(name).await {
+            Ok(_) => Ok(true),
+            Err(bollard::errors::Error::DockerResponseServerError { status_code: 404, .. }) => {
+                Ok(false)
+            }
+            Err(e) => Err(docker_error(&self.node, &format!("cannot inspect image {name}"), &e)),
+        }
+    }
+
+    /// Builds `dockerfile` with `context` and tags the result `tag`.
+    pub async fn build(
+        &self,
+        dockerfile: &Path,
+        context: &Path,
+        tag: &str,
+        events: &dyn Events,
+    ) -> Result<(), CoreError> {
+        let (archive, dockerfile_name) = pack_context(dockerfile, context)?;
+        let options = BuildImageOptionsBuilder::default()
+            .dockerfile(&dockerfile_name)
+            .t(tag)
+            .rm(true)
+            .forcerm(true)
+            .build();
+        let mut stream =
+            self.docker.build_image(options, None, Some(bollard::body_full(archive.into())));
+        while let Some(item) = stream.next().await {
+            let info = item.map_err(|e| {
+                docker_error(&self.node, &format!("building {}", dockerfile.display()), &e)
+            })?;
+            if let Some(detail) = info.error_detail {
+                return Err(CoreError::Docker {
+                    node: self.node.clone(),
+                    detail: format!(
+                        "building {}: {}",
+                        dockerfile.display(),
+                        detail.message.unwrap_or_default()
+                    ),
+                });
+            }
+            if let Some(line) = info.stream {
+                for line in line.lines().filter(|l| !l.trim().is_empty()) {
+                    events.detail(&format!("{}: {line}", self.node));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Loads a `docker save` tarball.
+    pub async fn load(&self, tarball: &Path, events: &dyn Events) -> Result<(), CoreError> {
+        let file = tokio::fs::File::open(tarball)
+            .await
+            .map_err(|e| CoreError::io("cannot read", tarball, e))?;
+        let chunks = futures_util::stream::unfold(file, |mut file| async move {
+            let mut buffer = vec![0u8; 1 << 20];
+            match file.read(&mut buffer).await {
+                Ok(0) => None,
+                Ok(n) => {
+                    buffer.truncate(n);
+                    Some((Ok::<Bytes, std::io::Error>(Bytes::from(buffer)), file))
+                }
+                Err(e) => Some((Err(e), file)),
+            }
+        });
+        let options = ImportImageOptionsBuilder::default().quiet(true).build();
+        let mut stream = self.docker.import_image_stream(options, chunks, None);
+        while let Some(item) = stream.next().await {
+            let info = item.map_err(|e| {
+                docker_error(&self.node, &format!("loading {}", tarball.display()), &e)
+            })?;
+            if let Some(detail) = info.error_detail {
+                return Err(CoreError::Docker {
+                    node: self.node.clone(),
+                    detail: format!(
+                        "loading {}: {}",
+                        tarball.display(),
+                        detail.message.unwrap_or_default()
+                    ),
+                });
+            }
+            if let Some(line) = info.stream {
+                events.detail(&format!("{}: {}", self.node, line.trim()));
+            }
+        }
+        Ok(())
+    }
+
+    /// Pulls `reference` from its registry.
+    pub async fn pull(&self, reference: &str, events: &dyn Events) -> Result<(), CoreError> {
+        let (repository, tag) = split_reference(reference);
+        let options = CreateImageOptionsBuilder::default().from_image(repository).tag(tag).build();
+        let mut stream = self.docker.create_image(Some(options), None, None);
+        while let Some(item) = stream.next().await {
+            let info =
+                item.map_err(|e| docker_error(&self.node, &format!("pulling {reference}"), &e))?;
+            if let Some(detail) = info.error_detail {
+                return Err(CoreError::Docker {
+                    node: self.node.clone(),
+                    detail: format!("pulling {reference}: {}", detail.message.unwrap_or_default()),
+                });
+            }
+            if let (Some(status), None) = (&info.status, &info.progress_detail) {
+                events.detail(&format!("{}: {status}", self.node));
+            }
+        }
+        Ok(())
+    }
+
+    /// Creates and starts a container of `app`, passes its output to `output` as it comes,
+    /// and returns its exit code once it ends. The container is removed afterwards.
+    pub async fn run(
+        &self,
+        container: &str,
+        app: &Application,
+        output: &mut (dyn FnMut(OutputStream, &[u8]) + Send),
+    ) -> Result<i64, CoreError> {
+        self.remove(container).await;
+        let env: Vec<String> = app.env.iter().map(|(k, v)| format!("{k}={v}")).collect();
+        let body = ContainerCreateBody {
+            image: Some(app.image.clone()),
+            cmd: (!app.command.is_empty()).then(|| app.command.clone()),
+            env: Some(env),
+            working_dir: app.workdir.clone(),
+            host_config: Some(HostConfig {
+                network_mode: Some("host".to_string()),
+                binds: Some(vec![format!("{SHARED_DIR}:{SHARED_DIR}")]),
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        let options = CreateContainerOptionsBuilder::default().name(container).build();
+        self.docker
+            .create_container(Some(options), body)
+            .await
+            .map_err(|e| docker_error(&self.node, &format!("cannot create container of {}", app.image), &e))?;
+        let result = self.start_and_follow(container, output).await;
+        self.remove(container).await;
+        result
+    }
+
+    async fn start_and_follow(
+        &self,
+        container: &str,
+        output: &mut (dyn FnMut(OutputStream, &[u8]) + Send),
+    ) -> Result<i64, CoreError> {
+        self.docker
+            .start_container(container, None)
+            .await
+            .map_err(|e| docker_error(&self.node, "cannot start the container", &e))?;
+        let options =
+            LogsOptionsBuilder::default().follow(true).stdout(true).stderr(true).build();
+        let mut logs = self.docker.logs(container, Some(options));
+        while let Some(item) = logs.next().await {
+            match item.map_err(|e| docker_error(&self.node, "lost the container's output", &e))? {
+                LogOutput::StdOut { message } | LogOutput::Console { message } => {
+                    output(OutputStream::Stdout, &message)
+                }
+                LogOutput::StdErr { message } => output(OutputStream::Stderr, &message),
+                LogOutput::StdIn { .. } => {}
+            }
+        }
+        let mut wait = self.docker.wait_container(container, None);
+        match wait.next().await {
+            Some(Ok(response)) => Ok(response.status_code),
+            Some(Err(bollard::errors::Error::DockerContainerWaitError { code, .. })) => Ok(code),
+            Some(Err(e)) => Err(docker_error(&self.node, "lost the container", &e)),
+            None => Err(CoreError::Docker {
+                node: self.node.clone(),
+                detail: "the daemon ended the wait without an exit code".to_string(),
+            }),
+        }
+    }
+
+    /// Removes a container, running or not; a missing one is fine.
+    pub async fn remove(&self, container: &str) {
+        let options = RemoveContainerOptionsBuilder::default().force(true).build();
+        if let Err(err) = self.docker.remove_container(container, Some(options)).await {
+            tracing::debug!(node = %self.node, container, error = %err, "container not removed");
+        }
+    }
+}
+
+/// Waits until `connect` succeeds, asking `alive` between attempts.
+pub async fn wait_for_docker<F, Fut>(
+    node: &str,
+    socket: &Path,
+    timeout: Duration,
+    mut alive: F,
+) -> Result<NodeDocker, CoreError>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<(), CoreError>>,
+{
+    let start = Instant::now();
+    loop {
+        alive().await?;
+        match NodeDocker::connect(node, socket).await {
+            Ok(docker) => return Ok(docker),
+            Err(err) if start.elapsed() < timeout => {
+                tracing::debug!(node, error = %err, "docker not ready yet");
+                tokio::time::sleep(Duration::from_millis(500)).await;
+            }
+            Err(err) => {
+                return Err(CoreError::Timeout {
+                    node: node.to_string(),
+                    awaited: format!("the Docker daemon to answer (last error: {err})"),
+                    timeout,
+                })
+            }
+        }
+    }
+}
+
+/// The name of the image a node must have before the application can be delivered, if
+/// any: a Dockerfile may start `FROM bee/base`.
+pub fn needs_base_image(app: &Application) -> bool {
+    matches!(app.source, ImageSource::Dockerfile { .. })
+}
+
+/// The TCP port on this host an image reference points at, when its registry is on
+/// 127.0.0.1 or localhost: such a registry must be forwarded into the node.
+pub fn local_registry_port(reference: &str) -> Option<u16> {
+    let (host, _) = reference.split_once('/')?;
+    let (name, port) = host.split_once(':')?;
+    matches!(name, "127.0.0.1" | "localhost").then(|| port.parse().ok()).flatten()
+}
+
+/// Splits `host:port/name:tag` into repository and tag (`latest` when none is given).
+pub fn split_reference(reference: &str) -> (&str, &str) {
+    let name_start = reference.rfind('/').map_or(0, |i| i + 1);
+    match reference[name_start..].rfind(':') {
+        Some(i) => (&reference[..name_start + i], &reference[name_start + i + 1..]),
+        None => (reference, "latest"),
+    }
+}
+
+/// Packs a build context as a tar archive; a Dockerfile outside the context is added
+/// under a name of its own. Returns the archive and the Dockerfile's name in it.
+fn pack_context(dockerfile: &Path, context: &Path) -> Result<(Vec<u8>, String), CoreError> {
+    let mut builder = tar::Builder::new(Vec::new());
+    builder.follow_symlinks(false);
+    builder
+        .append_dir_all(".", context)
+        .map_err(|e| CoreError::io("cannot pack the build context", context, e))?;
+    let inside = dockerfile.canonicalize().ok().and_then(|file| {
+        let root = context.canonicalize().ok()?;
+        file.strip_prefix(root).ok().map(PathBuf::from)
+    });
+    let name = match inside {
+        Some(relative) => relative.to_string_lossy().into_owned(),
+        None => {
+            let name = ".bee.Dockerfile".to_string();
+            builder
+                .append_path_with_name(dockerfile, &name)
+                .map_err(|e| CoreError::io("cannot read", dockerfile, e))?;
+            name
+        }
+    };
+    let archive =
+        builder.into_inner().map_err(|e| CoreError::io("cannot pack the build context", context, e))?;
+    Ok((archive, name))
+}
+
+fn docker_error(node: &str, what: &str, err: &bollard::errors::Error) -> CoreError {
+    CoreError::Docker { node: node.to_string(), detail: format!("{what}: {}", crate::ssh::chain(err)) }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn references_split_into_repository_and_tag() {
+        assert_eq!(split_reference("debian"), ("debian", "latest"));
+        assert_eq!(split_reference("debian:bookworm"), ("debian", "bookworm"));
+        assert_eq!(split_reference("127.0.0.1:5000/app"), ("127.0.0.1:5000/app", "latest"));
+        assert_eq!(split_reference("127.0.0.1:5000/a/b:1"), ("127.0.0.1:5000/a/b", "1"));
+    }
+
+    #[test]
+    fn local_registries_are_recognized() {
+        assert_eq!(local_registry_port("127.0.0.1:5000/app:1"), Some(5000));
+        assert_eq!(local_registry_port("localhost:5001/app"), Some(5001));
+        assert_eq!(local_registry_port("registry.example:5000/app"), None);
+        assert_eq!(local_registry_port("debian:bookworm"), None);
+    }
+
+    #[test]
+    fn dockerfile_outside_the_context_is_added() {
+        let dir = tempfile::tempdir().unwrap();
+        let context = dir.path().join("ctx");
+        std::fs::create_dir(&context).unwrap();
+        std::fs::write(context.join("app.txt"), "hi").unwrap();
+        std::fs::write(dir.path().join("Dockerfile"), "FROM bee/base\n").unwrap();
+        let (archive, name) = pack_context(&dir.path().join("Dockerfile"), &context).unwrap();
+        assert_eq!(name, ".bee.Dockerfile");
+        let mut names: Vec<String> = tar::Archive::new(archive.as_slice())
+            .entries()
+            .unwrap()
+            .map(|e| e.unwrap().path().unwrap().to_string_lossy().into_owned())
+            .collect();
+        names.sort();
+        assert!(names.contains(&"app.txt".to_string()), "{names:?}");
+        assert!(names.contains(&".bee.Dockerfile".to_string()), "{names:?}");
+    }
+
+    #[test]
+    fn dockerfile_inside_the_context_keeps_its_path() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir(dir.path().join("docker")).unwrap();
+        std::fs::write(dir.path().join("docker/Dockerfile"), "FROM bee/base\n").unwrap();
+        let (_, name) = pack_context(&dir.path().join("docker/Dockerfile"), dir.path()).unwrap();
+        assert_eq!(name, "docker/Dockerfile");
+    }
+}

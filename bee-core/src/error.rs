@@ -1,0 +1,120 @@
+//! The error type of bee-core.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use crate::config::ConfigError;
+
+/// Everything that can go wrong in bee-core and the backends built on it.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum CoreError {
+    /// The configuration is not valid.
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    /// A file or directory of bee's own state could not be used.
+    #[error("{action} {}", path.display())]
+    Io {
+        /// What was being done, such as "cannot write".
+        action: &'static str,
+        /// The file or directory.
+        path: PathBuf,
+        /// Why it failed.
+        source: std::io::Error,
+    },
+    /// A cluster record could not be read or written.
+    #[error("cluster record {} is damaged: {detail}", path.display())]
+    Record {
+        /// The record file.
+        path: PathBuf,
+        /// What is wrong.
+        detail: String,
+    },
+    /// A cluster with this name already exists.
+    #[error("cluster {name:?} already exists: run `bee down {name}` first, or pick another \
+             cluster.name")]
+    ClusterExists {
+        /// The cluster name.
+        name: String,
+    },
+    /// No cluster with this name is recorded.
+    #[error("no cluster named {name:?}: `bee status` lists the clusters there are")]
+    NoSuchCluster {
+        /// The cluster name.
+        name: String,
+    },
+    /// The configuration asks for something no plugged-in implementation provides.
+    #[error("{what} is not supported yet: {instead}")]
+    Unsupported {
+        /// What was asked for.
+        what: String,
+        /// What to use instead.
+        instead: String,
+    },
+    /// Something awaited did not happen in time.
+    #[error("{node}: timed out after {}s waiting for {awaited}", timeout.as_secs())]
+    Timeout {
+        /// The node, or `cluster`.
+        node: String,
+        /// What was awaited, such as "SSH to answer on 127.0.0.1:40022".
+        awaited: String,
+        /// How long was waited.
+        timeout: Duration,
+    },
+    /// A node stopped while it was needed.
+    #[error("node {node} died: {detail}")]
+    NodeDied {
+        /// The node.
+        node: String,
+        /// What is known about how it died.
+        detail: String,
+    },
+    /// A program bee runs on the host failed.
+    #[error("{program} failed: {detail}")]
+    Command {
+        /// The program, such as `qemu-img`.
+        program: String,
+        /// Its exit status and the end of its output.
+        detail: String,
+    },
+    /// SSH to a node failed.
+    #[error("{node}: ssh: {detail}")]
+    Ssh {
+        /// The node.
+        node: String,
+        /// What failed.
+        detail: String,
+    },
+    /// The Docker daemon of a node refused or failed a request.
+    #[error("{node}: docker: {detail}")]
+    Docker {
+        /// The node.
+        node: String,
+        /// What failed.
+        detail: String,
+    },
+    /// A step of launching or running a cluster failed.
+    #[error("{step}")]
+    Step {
+        /// The step, such as "starting 2 node(s)".
+        step: String,
+        /// Why it failed.
+        #[source]
+        source: Box<CoreError>,
+    },
+    /// A backend failed in its own terms.
+    #[error("{backend}: {detail}")]
+    Backend {
+        /// The backend, such as `vm`.
+        backend: &'static str,
+        /// What failed, with the node and resource it concerns.
+        detail: String,
+    },
+}
+
+impl CoreError {
+    /// Builds an [`CoreError::Io`] for `path`.
+    pub fn io(action: &'static str, path: impl Into<PathBuf>, source: std::io::Error) -> Self {
+        CoreError::Io { action, path: path.into(), source }
+    }
+}
