@@ -1,1 +1,355 @@
-fn main() {}
+//! `bee`: run a containerized HPC application in Docker inside QEMU guests.
+//!
+//! This file parses the command line, sets up logging, calls the libraries and maps
+//! errors to exit codes; [`progress`] draws what the libraries report.
+
+mod progress;
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use anyhow::{anyhow, Context, Result};
+use bee_core::cluster::{self, ClusterBuilder};
+use bee_core::docker::OutputStream;
+use bee_core::record::RecordStore;
+use bee_core::traits::Backend;
+use bee_core::{paths, Config};
+use bee_vm::{GuestImage, ImageInputs, VmBackend};
+use clap::{Parser, Subcommand};
+
+use crate::progress::Progress;
+
+/// Exit code of `bee run` when bee itself failed, so that it is not confused with the
+/// application's own codes.
+const EXIT_BEE_FAILED: u8 = 125;
+
+/// Run one container image unmodified on a laptop, an HPC allocation or a cloud.
+#[derive(Debug, Parser)]
+#[command(name = "bee", version, about)]
+struct Cli {
+    /// More diagnostics on stderr: -v for lifecycle steps, -vv for commands, -vvv for all.
+    #[arg(short, long, action = clap::ArgAction::Count, global = true)]
+    verbose: u8,
+    #[command(subcommand)]
+    command: Commands,
+}
+
+#[derive(Debug, Subcommand)]
+enum Commands {
+    /// Build or inspect the guest image.
+    Image {
+        #[command(subcommand)]
+        command: ImageCommand,
+    },
+    /// Start the cluster a bee.toml describes and leave it running.
+    Up {
+        /// The configuration file.
+        config: PathBuf,
+    },
+    /// Start the cluster, run the application, print its output, tear the cluster down.
+    Run {
+        /// The configuration file.
+        config: PathBuf,
+    },
+    /// List clusters with their nodes and phase.
+    Status {
+        /// Print JSON (schema version 1) instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Open a shell on a node, or run a command there.
+    Ssh {
+        /// The cluster name.
+        cluster: String,
+        /// The node: its name or index (default: 0, the master).
+        node: Option<String>,
+        /// A command to run instead of a shell.
+        #[arg(last = true)]
+        command: Vec<String>,
+    },
+    /// Stop a cluster and remove everything it left on this host.
+    Down {
+        /// The cluster name.
+        cluster: String,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum ImageCommand {
+    /// Build the guest image from Debian packages (needs root), unless it is cached.
+    Build {
+        /// Rebuild even when a cached image exists.
+        #[arg(long)]
+        force: bool,
+    },
+    /// Print where the image is and what it holds.
+    Show,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_logging(cli.verbose);
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(runtime) => runtime,
+        Err(err) => {
+            eprintln!("bee: cannot start the async runtime: {err}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let is_run = matches!(cli.command, Commands::Run { .. });
+    match runtime.block_on(dispatch(cli.command)) {
+        Ok(code) => code,
+        Err(err) => {
+            eprintln!("bee: error: {}", format_chain(&err));
+            ExitCode::from(if is_run { EXIT_BEE_FAILED } else { 1 })
+        }
+    }
+}
+
+fn init_logging(verbose: u8) {
+    let level = match verbose {
+        0 => "off",
+        1 => "info",
+        2 => "debug",
+        _ => "trace",
+    };
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(level));
+    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).init();
+}
+
+/// Prints an error with its causes once, without repeating a cause a message already holds.
+fn format_chain(err: &anyhow::Error) -> String {
+    let mut text = String::new();
+    for cause in err.chain() {
+        let message = cause.to_string();
+        if text.contains(&message) {
+            continue;
+        }
+        if !text.is_empty() {
+            text.push_str(": ");
+        }
+        text.push_str(&message);
+    }
+    text
+}
+
+async fn dispatch(command: Commands) -> Result<ExitCode> {
+    match command {
+        Commands::Image { command: ImageCommand::Build { force } } => image_build(force).await,
+        Commands::Image { command: ImageCommand::Show } => image_show(),
+        Commands::Up { config } => up(&config).await,
+        Commands::Run { config } => run(&config).await,
+        Commands::Status { json } => status(json).await,
+        Commands::Ssh { cluster, node, command } => ssh(&cluster, node.as_deref(), &command),
+        Commands::Down { cluster } => down(&cluster).await,
+    }
+}
+
+async fn image_build(force: bool) -> Result<ExitCode> {
+    let progress = Progress::new();
+    let inputs = ImageInputs::from_env();
+    let cache = paths::cache_dir();
+    let image = tokio::task::spawn_blocking(move || {
+        bee_vm::image::build(&cache, &inputs, force, &Progress::new())
+    })
+    .await
+    .context("the image build task failed")??;
+    progress.message(&format!("guest image ready in {}", image.dir.display()));
+    Ok(ExitCode::SUCCESS)
+}
+
+fn image_show() -> Result<ExitCode> {
+    let image = GuestImage::locate(&paths::cache_dir(), &ImageInputs::from_env())?;
+    let manifest = std::fs::read_to_string(image.manifest())
+        .with_context(|| format!("cannot read {}", image.manifest().display()))?;
+    println!("{}", image.dir.display());
+    println!("{}", manifest.trim());
+    Ok(ExitCode::SUCCESS)
+}
+
+fn vm_backend() -> Result<Arc<dyn Backend>> {
+    let image = GuestImage::locate(&paths::cache_dir(), &ImageInputs::from_env())?;
+    Ok(Arc::new(VmBackend::with_image(image)))
+}
+
+/// The backend that made a recorded cluster, for status and teardown.
+fn recorded_backend(store: &RecordStore) -> Result<Arc<dyn Backend>> {
+    match store.record().backend.as_str() {
+        "vm" => Ok(Arc::new(VmBackend::new())),
+        other => Err(anyhow!(
+            "cluster {} was made by backend {other:?}, which this bee does not have",
+            store.record().name
+        )),
+    }
+}
+
+async fn up(config_path: &Path) -> Result<ExitCode> {
+    let config = Config::load(config_path)?;
+    let progress = Progress::new();
+    let cluster = ClusterBuilder::new(vm_backend()?, paths::clusters_dir())
+        .up(&config, &progress)
+        .await
+        .with_context(|| format!("cannot start cluster {}", config.name))?;
+    progress.message(&format!(
+        "cluster {name} is up: `bee ssh {name}` opens a shell, `bee down {name}` stops it",
+        name = cluster.name()
+    ));
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn run(config_path: &Path) -> Result<ExitCode> {
+    let config = Config::load(config_path)?;
+    let app = config.application.clone().ok_or_else(|| {
+        anyhow!(
+            "{}: [application] is missing: `bee run` needs an image and a command \
+             (`bee up` starts a cluster without one)",
+            config_path.display()
+        )
+    })?;
+    let progress = Progress::new();
+    let mut cluster = ClusterBuilder::new(vm_backend()?, paths::clusters_dir())
+        .up(&config, &progress)
+        .await
+        .with_context(|| format!("cannot start cluster {}", config.name))?;
+
+    let mut write_output = |stream: OutputStream, bytes: &[u8]| {
+        let _ = match stream {
+            OutputStream::Stdout => std::io::stdout().write_all(bytes),
+            OutputStream::Stderr => std::io::stderr().write_all(bytes),
+        };
+    };
+    let outcome = tokio::select! {
+        outcome = async {
+            cluster.deliver(&app, &progress).await?;
+            progress.message(&format!("running {} on {}", app.image, cluster.name()));
+            cluster.run(&app, &mut write_output).await
+        } => Some(outcome),
+        _ = tokio::signal::ctrl_c() => None,
+    };
+    let down = cluster.down(&progress).await;
+    let code = match outcome {
+        None => return Err(anyhow!("interrupted; the cluster was torn down")),
+        Some(outcome) => outcome.context("the run failed; the cluster was torn down")?,
+    };
+    down.context("the run ended but teardown failed: `bee down` retries it")?;
+    progress.message(&format!("application exited with code {code}"));
+    Ok(ExitCode::from(u8::try_from(code.clamp(0, 255)).unwrap_or(255)))
+}
+
+async fn status(json: bool) -> Result<ExitCode> {
+    let clusters_dir = paths::clusters_dir();
+    let mut clusters = Vec::new();
+    for name in RecordStore::list(&clusters_dir)? {
+        let store = RecordStore::open(&clusters_dir, &name)?;
+        let health = match recorded_backend(&store) {
+            Ok(backend) => backend.health(&store).await,
+            Err(_) => Vec::new(),
+        };
+        let record = store.record();
+        let nodes: Vec<serde_json::Value> = record
+            .nodes
+            .iter()
+            .map(|node| {
+                let h = health.iter().find(|h| h.node == node.name);
+                serde_json::json!({
+                    "name": node.name,
+                    "ssh_port": node.ssh.as_ref().map(|s| s.port),
+                    "alive": h.map(|h| h.alive),
+                    "detail": h.map(|h| h.detail.clone()),
+                })
+            })
+            .collect();
+        clusters.push(serde_json::json!({
+            "name": record.name,
+            "backend": record.backend,
+            "phase": record.phase,
+            "config": record.config,
+            "created": record.created,
+            "notes": record.notes,
+            "directory": store.dir(),
+            "nodes": nodes,
+        }));
+    }
+    if json {
+        let report = serde_json::json!({ "version": 1, "clusters": clusters });
+        println!("{}", serde_json::to_string_pretty(&report)?);
+        return Ok(ExitCode::SUCCESS);
+    }
+    if clusters.is_empty() {
+        println!("no clusters");
+    }
+    for cluster in &clusters {
+        let notes: Vec<&str> =
+            cluster["notes"].as_array().into_iter().flatten().filter_map(|n| n.as_str()).collect();
+        println!(
+            "{}  backend={}  phase={}  {}",
+            cluster["name"].as_str().unwrap_or_default(),
+            cluster["backend"].as_str().unwrap_or_default(),
+            cluster["phase"].as_str().unwrap_or_default(),
+            notes.join(", "),
+        );
+        for node in cluster["nodes"].as_array().into_iter().flatten() {
+            println!(
+                "  {}  ssh=127.0.0.1:{}  {}",
+                node["name"].as_str().unwrap_or_default(),
+                node["ssh_port"],
+                node["detail"].as_str().unwrap_or("unknown"),
+            );
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn ssh(cluster: &str, node: Option<&str>, command: &[String]) -> Result<ExitCode> {
+    use std::os::unix::process::CommandExt;
+    let store = RecordStore::open(&paths::clusters_dir(), cluster)?;
+    let nodes = &store.record().nodes;
+    let wanted = node.unwrap_or("0");
+    let found = nodes
+        .iter()
+        .enumerate()
+        .find(|(index, n)| n.name == wanted || index.to_string() == wanted)
+        .map(|(_, n)| n);
+    let node = found.ok_or_else(|| {
+        let names: Vec<&str> = nodes.iter().map(|n| n.name.as_str()).collect();
+        anyhow!(
+            "cluster {cluster} has no node {wanted:?}: expected an index from 0 to {} or one of \
+             {}",
+            nodes.len().saturating_sub(1),
+            names.join(", ")
+        )
+    })?;
+    let endpoint =
+        node.ssh.as_ref().ok_or_else(|| anyhow!("node {} has no SSH endpoint yet", node.name))?;
+    let err = std::process::Command::new("ssh")
+        .arg("-F")
+        .arg("/dev/null")
+        .arg("-i")
+        .arg(&endpoint.key)
+        .arg("-p")
+        .arg(endpoint.port.to_string())
+        .arg("-o")
+        .arg("StrictHostKeyChecking=yes")
+        .arg("-o")
+        .arg(format!("UserKnownHostsFile={}", endpoint.known_hosts.display()))
+        .arg("-o")
+        .arg("LogLevel=ERROR")
+        .arg(format!("{}@{}", endpoint.user, endpoint.host))
+        .args(command)
+        .exec();
+    Err(anyhow!("cannot run ssh: {err}"))
+}
+
+async fn down(cluster: &str) -> Result<ExitCode> {
+    let store = RecordStore::open(&paths::clusters_dir(), cluster)?;
+    let backend = recorded_backend(&store)?;
+    let progress = Progress::new();
+    cluster::teardown(backend.as_ref(), store, &progress)
+        .await
+        .with_context(|| format!("cannot tear down cluster {cluster}"))?;
+    progress.message(&format!("cluster {cluster} is down"));
+    Ok(ExitCode::SUCCESS)
+}

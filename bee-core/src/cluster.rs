@@ -174,13 +174,17 @@ impl Cluster {
         self.store.update(|r| r.phase = Phase::Ready)
     }
 
-    async fn connect_node(&self, node: &NodeRecord) -> Result<(NodeSession, NodeDocker), CoreError> {
+    async fn connect_node(
+        &self,
+        node: &NodeRecord,
+    ) -> Result<(NodeSession, NodeDocker), CoreError> {
         let endpoint = node.ssh.as_ref().ok_or_else(|| CoreError::Backend {
             backend: self.backend.name(),
             detail: format!("node {} has no SSH endpoint", node.name),
         })?;
         let control = ssh::control_dir(self.store.dir());
-        std::fs::create_dir_all(&control).map_err(|e| CoreError::io("cannot create", &control, e))?;
+        std::fs::create_dir_all(&control)
+            .map_err(|e| CoreError::io("cannot create", &control, e))?;
         let alive = || self.check_alive(&node.name);
         let session =
             NodeSession::wait_for(&node.name, endpoint, &control, SSH_TIMEOUT, alive).await?;
@@ -214,14 +218,18 @@ impl Cluster {
     pub async fn deliver(&self, app: &Application, events: &dyn Events) -> Result<(), CoreError> {
         let what = match &app.source {
             ImageSource::Registry { reference } => format!("pulling {reference}"),
-            ImageSource::Dockerfile { dockerfile, .. } => format!("building {}", dockerfile.display()),
+            ImageSource::Dockerfile { dockerfile, .. } => {
+                format!("building {}", dockerfile.display())
+            }
             ImageSource::Tarball { path } => format!("loading {}", path.display()),
         };
         let started = Instant::now();
         events.started(&what);
-        let all = self.sessions.iter().zip(&self.dockers).map(|(session, docker)| {
-            deliver_to_node(session, docker, app, events)
-        });
+        let all = self
+            .sessions
+            .iter()
+            .zip(&self.dockers)
+            .map(|(session, docker)| deliver_to_node(session, docker, app, events));
         step(&what, try_join_all(all).await)?;
         events.finished(&what, started.elapsed());
         Ok(())

@@ -514,9 +514,9 @@ impl Checker<'_> {
             .find(|(_, name)| *name == text)
             .map(|(mode, _)| *mode)
             .ok_or_else(|| {
-                let names = StorageMode::ALL.map(|(_, name)| name);
-                self.invalid("storage.mode", quoted(text), &one_of(&names))
-            })?;
+            let names = StorageMode::ALL.map(|(_, name)| name);
+            self.invalid("storage.mode", quoted(text), &one_of(&names))
+        })?;
         let input = raw.input.as_deref().map(|p| self.existing_dir("storage.input", p));
         Ok(StorageSpec {
             mode,
@@ -545,7 +545,11 @@ impl Checker<'_> {
         if given.len() > 1 {
             return Err(self.section(
                 "application",
-                &format!("{} image sources given ({}): set exactly one", given.len(), given.join(", ")),
+                &format!(
+                    "{} image sources given ({}): set exactly one",
+                    given.len(),
+                    given.join(", ")
+                ),
             ));
         }
         if raw.context.is_some() && raw.dockerfile.is_none() {
@@ -575,7 +579,9 @@ impl Checker<'_> {
         let image = match (&source, &raw.tag) {
             (ImageSource::Registry { reference }, None) => reference.clone(),
             (ImageSource::Registry { .. }, Some(_)) => {
-                return Err(self.section("application", "tag is only used with dockerfile or tarball"))
+                return Err(
+                    self.section("application", "tag is only used with dockerfile or tarball")
+                )
             }
             (_, Some(tag)) if !valid_reference(tag) => {
                 return Err(self.invalid(
@@ -631,7 +637,11 @@ impl Checker<'_> {
 
     fn platforms(&self, raw: &[RawPlatform]) -> Result<Vec<Platform>, ConfigError> {
         if raw.is_empty() {
-            return Ok(vec![Platform { backend: BackendKind::Vm, hosts: Hosts::Local, time_slot: None }]);
+            return Ok(vec![Platform {
+                backend: BackendKind::Vm,
+                hosts: Hosts::Local,
+                time_slot: None,
+            }]);
         }
         raw.iter().enumerate().map(|(index, platform)| self.platform(index, platform)).collect()
     }
@@ -691,8 +701,11 @@ impl Checker<'_> {
         if resolved.is_file() {
             Ok(resolved)
         } else {
-            let accepted = format!("no such file ({}): expected an existing file, relative \
-                 to the directory of the configuration file", resolved.display());
+            let accepted = format!(
+                "no such file ({}): expected an existing file, relative \
+                 to the directory of the configuration file",
+                resolved.display()
+            );
             Err(self.invalid(key, quoted(path), &accepted))
         }
     }
@@ -702,8 +715,11 @@ impl Checker<'_> {
         if resolved.is_dir() {
             Ok(resolved)
         } else {
-            let accepted = format!("no such directory ({}): expected an existing directory, \
-                 relative to the directory of the configuration file", resolved.display());
+            let accepted = format!(
+                "no such directory ({}): expected an existing directory, \
+                 relative to the directory of the configuration file",
+                resolved.display()
+            );
             Err(self.invalid(key, quoted(path), &accepted))
         }
     }
@@ -1009,8 +1025,13 @@ mod tests {
         let text = "[cluster]\nname = \"a\"\nnodes = 1\n[application]\ntarball = \"app.tar\"\n";
         std::fs::write(&file, text).unwrap();
         let err = Config::load(&file).unwrap_err().to_string();
-        assert!(err.ends_with("[application]: tarball needs tag: the name of the image the \
-             tarball holds, such as tag = \"hello:latest\""), "{err}");
+        assert!(
+            err.ends_with(
+                "[application]: tarball needs tag: the name of the image the \
+             tarball holds, such as tag = \"hello:latest\""
+            ),
+            "{err}"
+        );
     }
 
     #[test]

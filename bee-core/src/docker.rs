@@ -212,10 +212,9 @@ impl NodeDocker {
             ..Default::default()
         };
         let options = CreateContainerOptionsBuilder::default().name(container).build();
-        self.docker
-            .create_container(Some(options), body)
-            .await
-            .map_err(|e| docker_error(&self.node, &format!("cannot create container of {}", app.image), &e))?;
+        self.docker.create_container(Some(options), body).await.map_err(|e| {
+            docker_error(&self.node, &format!("cannot create container of {}", app.image), &e)
+        })?;
         let result = self.start_and_follow(container, output).await;
         self.remove(container).await;
         result
@@ -230,8 +229,7 @@ impl NodeDocker {
             .start_container(container, None)
             .await
             .map_err(|e| docker_error(&self.node, "cannot start the container", &e))?;
-        let options =
-            LogsOptionsBuilder::default().follow(true).stdout(true).stderr(true).build();
+        let options = LogsOptionsBuilder::default().follow(true).stdout(true).stderr(true).build();
         let mut logs = self.docker.logs(container, Some(options));
         while let Some(item) = logs.next().await {
             match item.map_err(|e| docker_error(&self.node, "lost the container's output", &e))? {
@@ -339,13 +337,17 @@ fn pack_context(dockerfile: &Path, context: &Path) -> Result<(Vec<u8>, String), 
             name
         }
     };
-    let archive =
-        builder.into_inner().map_err(|e| CoreError::io("cannot pack the build context", context, e))?;
+    let archive = builder
+        .into_inner()
+        .map_err(|e| CoreError::io("cannot pack the build context", context, e))?;
     Ok((archive, name))
 }
 
 fn docker_error(node: &str, what: &str, err: &bollard::errors::Error) -> CoreError {
-    CoreError::Docker { node: node.to_string(), detail: format!("{what}: {}", crate::ssh::chain(err)) }
+    CoreError::Docker {
+        node: node.to_string(),
+        detail: format!("{what}: {}", crate::ssh::chain(err)),
+    }
 }
 
 #[cfg(test)]

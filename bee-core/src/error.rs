@@ -31,8 +31,10 @@ pub enum CoreError {
         detail: String,
     },
     /// A cluster with this name already exists.
-    #[error("cluster {name:?} already exists: run `bee down {name}` first, or pick another \
-             cluster.name")]
+    #[error(
+        "cluster {name:?} already exists: run `bee down {name}` first, or pick another \
+             cluster.name"
+    )]
     ClusterExists {
         /// The cluster name.
         name: String,

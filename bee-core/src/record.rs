@@ -249,11 +249,15 @@ mod tests {
     #[test]
     fn record_round_trips_through_a_fresh_open() {
         let dir = tempfile::tempdir().unwrap();
-        let mut store = RecordStore::create(dir.path(), "c1", "vm", Path::new("/x/bee.toml"))
-            .unwrap();
+        let mut store =
+            RecordStore::create(dir.path(), "c1", "vm", Path::new("/x/bee.toml")).unwrap();
         store
             .update(|r| {
-                r.resources.push(Resource::Port { node: "c1-0".into(), what: "ssh".into(), port: 4 });
+                r.resources.push(Resource::Port {
+                    node: "c1-0".into(),
+                    what: "ssh".into(),
+                    port: 4,
+                });
                 r.phase = Phase::Ready;
             })
             .unwrap();
@@ -277,7 +281,10 @@ mod tests {
     fn unknown_cluster_is_named() {
         let dir = tempfile::tempdir().unwrap();
         let err = RecordStore::open(dir.path(), "nope").unwrap_err();
-        assert_eq!(err.to_string(), "no cluster named \"nope\": `bee status` lists the clusters there are");
+        assert_eq!(
+            err.to_string(),
+            "no cluster named \"nope\": `bee status` lists the clusters there are"
+        );
     }
 
     #[test]

@@ -155,13 +155,12 @@ impl NodeSession {
     /// a registry server that only listens here.
     pub async fn forward_port_to_host(&self, port: u16) -> Result<(), CoreError> {
         let addr: std::net::SocketAddr = ([127, 0, 0, 1], port).into();
-        self.session
-            .request_port_forward(ForwardType::Remote, addr, addr)
-            .await
-            .map_err(|e| CoreError::Ssh {
+        self.session.request_port_forward(ForwardType::Remote, addr, addr).await.map_err(|e| {
+            CoreError::Ssh {
                 node: self.node.clone(),
                 detail: format!("cannot forward port {port} back to this host: {}", chain(&e)),
-            })
+            }
+        })
     }
 
     /// Closes the connection.

@@ -32,7 +32,7 @@
 
 set -euo pipefail
 
-readonly STEPS=8
+readonly STEPS=9
 step_no=0
 step_desc="startup"
 
@@ -86,6 +86,10 @@ cleanup() {
     local rc=$?
     trap - EXIT
     set +e
+    if [[ -n ${dockerd_pid:-} ]] && kill -0 "$dockerd_pid" 2>/dev/null; then
+        kill -TERM "$dockerd_pid" 2>/dev/null
+        wait "$dockerd_pid" 2>/dev/null
+    fi
     if [[ -n $container_pid ]] && kill -0 "$container_pid" 2>/dev/null; then
         kill "$container_pid" 2>/dev/null
         wait "$container_pid" 2>/dev/null
@@ -158,6 +162,8 @@ fi
 log "suite $SUITE, mirror $MIRROR, proxy ${PROXY:-none}"
 
 WORK=$(mktemp -d "$OUTDIR/.bee-build.XXXXXX")
+# apt drops privileges to _apt for downloads: let it reach the chroots.
+chmod 0755 "$WORK"
 ROOT=$WORK/rootfs
 # mmdebstrap puts its temporary chroot for tar output under TMPDIR: keep that
 # inside WORK too, so the trap covers it.
@@ -291,14 +297,12 @@ step 4 "configuring the guest (user, ssh, docker, fw_cfg init)"
 install -d -m 0755 "$ROOT/var/lib/bee"
 cp "$OUTDIR/base-container.tar" "$ROOT/var/lib/bee/base-container.tar"
 
-# Root is mounted rw by the kernel command line already; fsck is skipped
-# (pass 0): the overlays are disposable and ext4's journal covers crashes,
-# while fsck under TCG only costs boot time.
-cat >"$ROOT/etc/fstab" <<'EOF'
-# bee: root is /dev/vda (virtio-blk, qcow2 overlay of base.raw), mounted rw
-# by the kernel command line.
-/dev/vda / ext4 rw,errors=remount-ro 0 0
-EOF
+# No /etc/fstab: root (/dev/vda) is mounted rw by the kernel command line,
+# so without fstab systemd skips systemd-remount-fs (about 1 s on the boot's
+# critical path under TCG) and fsck (nodes are disposable overlays, ext4's
+# journal covers crashes). errors=remount-ro is set in the superblock by
+# mkfs below instead.
+rm -f "$ROOT/etc/fstab"
 
 echo bee >"$ROOT/etc/hostname"
 cat >"$ROOT/etc/hosts" <<'EOF'
@@ -383,10 +387,11 @@ errors=0
 err() { echo "bee-init: ERROR: $*" >&2; errors=$((errors + 1)); }
 info() { echo "bee-init: $*"; }
 
-modprobe qemu_fw_cfg 2>/dev/null || true
-# virtio_net is normally loaded by udev coldplug; loading it here lets us
-# configure eth0 without waiting for udev.
-modprobe virtio_net 2>/dev/null || true
+# Every exec costs tens of ms under TCG: one modprobe for both modules, shell
+# builtins elsewhere. virtio_net is normally loaded by udev coldplug; loading
+# it here lets us configure eth0 without waiting for udev.
+modprobe -a qemu_fw_cfg virtio_net 2>/dev/null || true
+cr=$(printf '\r')
 
 # SSH host key.
 key=$FW/ssh_host_ed25519_key/raw
@@ -401,7 +406,7 @@ if [ -r "$key" ]; then
         chmod 0644 /etc/ssh/ssh_host_ed25519_key.pub.tmp
         mv -f /etc/ssh/ssh_host_ed25519_key.tmp /etc/ssh/ssh_host_ed25519_key
         mv -f /etc/ssh/ssh_host_ed25519_key.pub.tmp /etc/ssh/ssh_host_ed25519_key.pub
-        info "installed SSH host key $(ssh-keygen -l -f /etc/ssh/ssh_host_ed25519_key.pub)"
+        info "installed SSH host key: $(cat /etc/ssh/ssh_host_ed25519_key.pub)"
     else
         rm -f /etc/ssh/ssh_host_ed25519_key.tmp /etc/ssh/ssh_host_ed25519_key.pub.tmp
         err "fw_cfg opt/bee/ssh_host_ed25519_key is not a valid ed25519 private key"
@@ -420,7 +425,7 @@ BEE_ETH1_CIDR=""
 node=$FW/node/raw
 if [ -r "$node" ]; then
     while IFS= read -r line || [ -n "$line" ]; do
-        line=$(printf '%s' "$line" | tr -d '\r')
+        line=${line%"$cr"}
         case "$line" in '' | '#'*) continue ;; esac
         k=${line%%=*}
         v=${line#*=}
@@ -441,7 +446,12 @@ else
 fi
 
 if [ -n "$BEE_HOSTNAME" ]; then
-    if printf '%s' "$BEE_HOSTNAME" | grep -Eq '^[A-Za-z0-9]([A-Za-z0-9-]{0,62})$'; then
+    case "$BEE_HOSTNAME" in
+        -* | *[!A-Za-z0-9-]*) valid=no ;;
+        *) valid=yes ;;
+    esac
+    [ "${#BEE_HOSTNAME}" -le 63 ] || valid=no
+    if [ "$valid" = yes ]; then
         hostname "$BEE_HOSTNAME"
         echo "$BEE_HOSTNAME" >/etc/hostname
         # Resolvable locally: sudo and MPI look their own name up, and the
@@ -495,16 +505,19 @@ EOF
 chmod 0755 "$ROOT/usr/local/sbin/bee-init"
 
 # Runs without the default dependencies so it does not wait for
-# sysinit/basic.target: it only needs the (rw) root filesystem. Ordered before
-# everything that needs the host key, the hostname or the network. Output goes
+# sysinit/basic.target: it only needs the root filesystem, which the kernel
+# mounted rw. Ordered before sshd (host key) and network-online.target
+# (network), but deliberately NOT before network.target: containerd and
+# dockerd (After=network.target) need neither and start in parallel, which
+# takes 2-3 s off boot-to-docker. dockerd also wants network-online.target,
+# but only after containerd is up, long after bee-init is done. Output goes
 # to the serial console too, so a missing fw_cfg entry is visible there.
 cat >"$ROOT/etc/systemd/system/bee-init.service" <<'EOF'
 [Unit]
 Description=bee per-node setup from QEMU fw_cfg (host key, hostname, network)
 DefaultDependencies=no
-After=local-fs.target systemd-journald.socket
-Before=network-pre.target network.target network-online.target ssh.service docker.service containerd.service rpcbind.service nfs-server.service shutdown.target
-Wants=network-pre.target
+After=systemd-journald.socket systemd-remount-fs.service
+Before=network-online.target ssh.service rpcbind.service nfs-server.service shutdown.target
 Conflicts=shutdown.target
 
 [Service]
@@ -546,6 +559,8 @@ chroot "$ROOT" systemctl enable bee-init.service bee-ready.service >&2
 #  - systemd-firstboot could prompt on the console on the first boot of the
 #    empty machine-id
 #  - getty on tty1: there is no display (-nodefaults); ttyS0 keeps its getty
+#  - modprobe@ for drm/efi_pstore/fuse/dm_mod/loop, pstore, binfmt: about
+#    0.5 to 3 s of CPU each under TCG for hardware/features a node lacks
 mask_units=(
     e2scrub_reap.service e2scrub_all.timer
     systemd-networkd.service systemd-networkd.socket systemd-networkd-wait-online.service
@@ -553,8 +568,19 @@ mask_units=(
     dpkg-db-backup.timer logrotate.timer
     systemd-firstboot.service
     getty@tty1.service
+    modprobe@drm.service modprobe@efi_pstore.service modprobe@fuse.service
+    modprobe@dm_mod.service modprobe@loop.service
+    systemd-pstore.service
+    systemd-binfmt.service proc-sys-fs-binfmt_misc.automount proc-sys-fs-binfmt_misc.mount
 )
 chroot "$ROOT" systemctl mask "${mask_units[@]}" >&2
+
+# The NFS server (and its rpcbind/statd/idmapd/mountd helpers) is only used
+# on the node that exports the data disk: not started at boot (about 4 s of
+# CPU), `sudo systemctl start nfs-server` starts it with its dependencies.
+# NFS client mounts start rpc-statd themselves when needed.
+chroot "$ROOT" systemctl disable nfs-server.service nfs-blkmap.service \
+    rpcbind.service rpcbind.socket nfs-client.target >&2
 
 # Proxy for apt, login shells and dockerd (pulls) and the docker client
 # (injected into containers and builds).
@@ -593,7 +619,61 @@ EOF
 fi
 
 #######################################################################
-step 5 "extracting kernel and initrd"
+step 5 "preloading bee/base into the guest's Docker"
+
+# `docker import` of base-container.tar inside a TCG guest takes 75-85 s
+# (docker's Go tar/digest pipeline runs at about 10 MB/s there) and writes
+# ~450 MB into every node's overlay. Natively it takes seconds: run the
+# guest's own dockerd (same version that will read the store) chrooted into
+# the rootfs and import there, so bee/base is in the base image. If the host
+# cannot run it (no overlay support, ...), the guest keeps only the tarball
+# and callers import it themselves: manifest.json says which.
+preloaded=false
+preload() {
+    local i
+    mount -t proc proc "$ROOT/proc"
+    mount -t sysfs sysfs "$ROOT/sys"
+    mount --bind /dev "$ROOT/dev"
+    mount -t tmpfs -o mode=0755 tmpfs "$ROOT/run"
+    mount -t tmpfs -o mode=1777 tmpfs "$ROOT/tmp"
+    # overlay2 explicitly: otherwise dockerd picks whatever suits the build
+    # host's filesystem (btrfs, vfs), which the guest would then inherit.
+    # Everything else comes from the guest's /etc/docker/daemon.json.
+    chroot "$ROOT" /usr/sbin/dockerd --storage-driver=overlay2 \
+        >"$WORK/dockerd.log" 2>&1 &
+    dockerd_pid=$!
+    for ((i = 0; i < 120; i++)); do
+        chroot "$ROOT" docker version >/dev/null 2>&1 && break
+        kill -0 "$dockerd_pid" 2>/dev/null || return 1
+        sleep 0.5
+    done
+    chroot "$ROOT" docker import /var/lib/bee/base-container.tar bee/base >&2 &&
+        [[ $(chroot "$ROOT" docker info --format '{{.Driver}}') == overlay2 ]]
+}
+stop_preload() {
+    if [[ -n ${dockerd_pid:-} ]]; then
+        kill -TERM "$dockerd_pid" 2>/dev/null || true
+        wait "$dockerd_pid" 2>/dev/null || true
+        dockerd_pid=""
+    fi
+    unmount_below "$ROOT"
+}
+dockerd_pid=""
+if preload; then
+    preloaded=true
+    log "bee/base preloaded into the guest's /var/lib/docker"
+else
+    log "warning: could not preload bee/base (dockerd log tail follows); guests must docker import it"
+    tail -n 20 "$WORK/dockerd.log" >&2 || true
+fi
+stop_preload
+if [[ $preloaded != true ]]; then
+    # Leave no half-written Docker state in the image.
+    rm -rf "${ROOT:?}/var/lib/docker"
+fi
+
+#######################################################################
+step 6 "extracting kernel and initrd"
 
 mapfile -t krels < <(ls "$ROOT/lib/modules")
 [[ ${#krels[@]} -eq 1 ]] || die "expected one kernel in the guest, found: ${krels[*]:-none}"
@@ -608,7 +688,7 @@ log "kernel $KREL, initrd ${initrd_kib} KiB"
 [[ $initrd_kib -lt 20480 ]] || die "initrd is ${initrd_kib} KiB, expected a small MODULES=list one"
 
 #######################################################################
-step 6 "cleaning the guest rootfs"
+step 7 "cleaning the guest rootfs"
 
 chroot "$ROOT" apt-get clean
 rm -rf "$ROOT"/var/lib/apt/lists/* "$ROOT"/var/log/*.log "$ROOT"/var/log/apt/* \
@@ -617,7 +697,7 @@ rm -rf "$ROOT"/var/lib/apt/lists/* "$ROOT"/var/log/*.log "$ROOT"/var/log/apt/* \
 [[ -z $(ls -A "$ROOT/proc" 2>/dev/null) ]] || die "guest /proc is not empty (still mounted?)"
 
 #######################################################################
-step 7 "creating the ext4 image base.raw"
+step 8 "creating the ext4 image base.raw"
 
 # Size: content + 1.5 GiB headroom for Docker images and the node's changes,
 # + 10% for ext4 metadata, rounded up to 256 MiB. The file is sparse; nodes
@@ -628,13 +708,13 @@ log "rootfs uses ${used_mib} MiB, image size ${size_mib} MiB"
 truncate -s "${size_mib}M" "$OUTDIR/base.raw"
 # lazy_*_init=0: initialise inode tables and journal now, otherwise every
 # booted node would zero them in the background into its own overlay.
-mkfs.ext4 -q -F -L bee-root -m 1 \
+mkfs.ext4 -q -F -L bee-root -m 1 -e remount-ro \
     -E lazy_itable_init=0,lazy_journal_init=0,root_owner=0:0 \
     -d "$ROOT" "$OUTDIR/base.raw" >&2
 chmod 0644 "$OUTDIR/base.raw"
 
 #######################################################################
-step 8 "writing manifest.json"
+step 9 "writing manifest.json"
 
 pkg_version() {
     dpkg-query --admindir="$ROOT/var/lib/dpkg" -W -f='${Version}' "$1"
@@ -648,8 +728,10 @@ cat >"$OUTDIR/manifest.json" <<EOF
   "kernel": "$KREL",
   "docker": "$docker_version",
   "openmpi": "$openmpi_version",
+  "base_image": "bee/base",
+  "base_image_preloaded": $preloaded,
   "built": "$built"
 }
 EOF
 chmod 0644 "$OUTDIR/manifest.json"
-log "done: $(cd "$OUTDIR" && ls)"
+log "done: $(cd "$OUTDIR" && echo *)"

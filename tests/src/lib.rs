@@ -1,1 +1,323 @@
-//! x
+//! Support for bee's real-resource tests: run the real `bee` binary in an isolated state
+//! directory, wait with deadlines instead of sleeps, and make sure that nothing a test
+//! started outlives it.
+//!
+//! The guest image is shared with the user's cache (`BEE_CACHE_DIR`, else `~/.cache/bee`)
+//! so that tests reuse it; `scripts/test.sh` builds it when it is missing.
+
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+/// How long one `bee` command may take in a test before it counts as hung.
+pub const COMMAND_TIMEOUT: Duration = Duration::from_secs(900);
+
+/// The `bee` binary built from this workspace.
+pub fn bee_binary() -> PathBuf {
+    if let Some(path) = std::env::var_os("BEE_BIN") {
+        return PathBuf::from(path);
+    }
+    let exe = std::env::current_exe().expect("the test binary has a path");
+    let target = exe.parent().and_then(Path::parent).expect("tests run from target/<profile>/deps");
+    let bee = target.join("bee");
+    assert!(
+        bee.is_file(),
+        "{} is missing: build it with `cargo build --bin bee` (scripts/test.sh does) or set \
+         BEE_BIN",
+        bee.display()
+    );
+    bee
+}
+
+/// An isolated bee state directory; tears down every cluster left in it when dropped.
+pub struct BeeEnv {
+    state: tempfile::TempDir,
+}
+
+impl Default for BeeEnv {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl BeeEnv {
+    /// A fresh state directory.
+    pub fn new() -> BeeEnv {
+        let state = tempfile::Builder::new().prefix("bee-test-").tempdir().expect("temp dir");
+        BeeEnv { state }
+    }
+
+    /// The state directory (`BEE_STATE_DIR` of every command).
+    pub fn state_dir(&self) -> &Path {
+        self.state.path()
+    }
+
+    /// A `bee` command in this environment.
+    pub fn command(&self, args: &[&str]) -> Command {
+        let mut command = Command::new(bee_binary());
+        command.args(args).env("BEE_STATE_DIR", self.state.path()).stdin(Stdio::null());
+        command
+    }
+
+    /// Runs `bee` with `args` and returns its output, failing the test if it hangs.
+    pub fn bee(&self, args: &[&str]) -> Output {
+        let child = self
+            .command(args)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("bee starts");
+        wait_with_timeout(child, COMMAND_TIMEOUT, &format!("bee {}", args.join(" ")))
+    }
+
+    /// Every QEMU process whose command line mentions this state directory.
+    pub fn qemu_processes(&self) -> Vec<u32> {
+        processes_mentioning(self.state.path())
+    }
+}
+
+impl Drop for BeeEnv {
+    fn drop(&mut self) {
+        let clusters = self.state.path().join("clusters");
+        for entry in std::fs::read_dir(&clusters).into_iter().flatten().flatten() {
+            let name = entry.file_name().to_string_lossy().into_owned();
+            let _ = self.command(&["down", &name]).output();
+        }
+        for pid in self.qemu_processes() {
+            eprintln!("test cleanup: killing leftover qemu {pid}");
+            let _ = Command::new("kill").args(["-9", &pid.to_string()]).status();
+        }
+    }
+}
+
+/// Waits for a child with a deadline, killing it and failing the test when it passes.
+pub fn wait_with_timeout(mut child: Child, timeout: Duration, what: &str) -> Output {
+    let deadline = Instant::now() + timeout;
+    loop {
+        match child.try_wait().expect("child can be waited for") {
+            Some(_) => return child.wait_with_output().expect("child output"),
+            None if Instant::now() >= deadline => {
+                let _ = child.kill();
+                let output = child.wait_with_output().expect("child output");
+                panic!(
+                    "{what} did not finish within {}s; stderr:\n{}",
+                    timeout.as_secs(),
+                    String::from_utf8_lossy(&output.stderr)
+                );
+            }
+            None => std::thread::sleep(Duration::from_millis(200)),
+        }
+    }
+}
+
+/// Polls `condition` until it holds or `timeout` passes; panics naming what was awaited.
+pub fn wait_until(what: &str, timeout: Duration, mut condition: impl FnMut() -> bool) {
+    let deadline = Instant::now() + timeout;
+    while !condition() {
+        assert!(
+            Instant::now() < deadline,
+            "timed out after {}s waiting for {what}",
+            timeout.as_secs()
+        );
+        std::thread::sleep(Duration::from_millis(250));
+    }
+}
+
+/// PIDs of processes whose command line contains `needle`.
+pub fn processes_mentioning(needle: &Path) -> Vec<u32> {
+    let needle = needle.to_string_lossy().into_owned();
+    let mut pids = Vec::new();
+    for entry in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
+        let Ok(pid) = entry.file_name().to_string_lossy().parse::<u32>() else { continue };
+        let Ok(cmdline) = std::fs::read(entry.path().join("cmdline")) else { continue };
+        let cmdline = String::from_utf8_lossy(&cmdline).replace('\0', " ");
+        if cmdline.contains("qemu-system") && cmdline.contains(&needle) {
+            pids.push(pid);
+        }
+    }
+    pids
+}
+
+/// True when something listens on 127.0.0.1:`port`.
+pub fn port_in_use(port: u16) -> bool {
+    TcpListener::bind(("127.0.0.1", port)).is_err()
+}
+
+/// Text of a command's stdout.
+pub fn stdout(output: &Output) -> String {
+    String::from_utf8_lossy(&output.stdout).into_owned()
+}
+
+/// Text of a command's stderr.
+pub fn stderr(output: &Output) -> String {
+    String::from_utf8_lossy(&output.stderr).into_owned()
+}
+
+/// The repository's root directory.
+pub fn repo_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("tests/ is in the repository").into()
+}
+
+/// Writes a configuration file into `dir` and returns its path.
+pub fn write_config(dir: &Path, text: &str) -> PathBuf {
+    let file = dir.join("bee.toml");
+    std::fs::write(&file, text).expect("config written");
+    file
+}
+
+/// Files of a one-layer image: `(path in the image, host file)`, plus symlinks.
+pub struct ImageLayer {
+    /// Regular files copied from the host, with their mode.
+    pub files: Vec<(String, PathBuf, u32)>,
+    /// Symbolic links: `(path in the image, target)`.
+    pub links: Vec<(String, String)>,
+}
+
+/// Writes a `docker save` archive holding one image of one layer, tagged `tag`, whose
+/// default command is `cmd`. Made here so tests need no Docker on the host.
+pub fn write_docker_archive(path: &Path, tag: &str, layer: &ImageLayer, cmd: &[&str]) {
+    use sha2::{Digest, Sha256};
+
+    let mut layer_tar = tar::Builder::new(Vec::new());
+    let mut dirs: Vec<String> = Vec::new();
+    let entries = layer.files.iter().map(|(p, _, _)| p).chain(layer.links.iter().map(|(p, _)| p));
+    for entry in entries {
+        let mut prefix = String::new();
+        for part in Path::new(entry).parent().into_iter().flat_map(Path::iter) {
+            prefix.push_str(&part.to_string_lossy());
+            prefix.push('/');
+            if !dirs.contains(&prefix) {
+                let mut header = tar::Header::new_gnu();
+                header.set_entry_type(tar::EntryType::Directory);
+                header.set_mode(0o755);
+                header.set_size(0);
+                layer_tar.append_data(&mut header, &prefix, std::io::empty()).unwrap();
+                dirs.push(prefix.clone());
+            }
+        }
+    }
+    for (inside, host, mode) in &layer.files {
+        let data = std::fs::read(host).unwrap_or_else(|e| panic!("{}: {e}", host.display()));
+        let mut header = tar::Header::new_gnu();
+        header.set_mode(*mode);
+        header.set_size(data.len() as u64);
+        layer_tar.append_data(&mut header, inside, data.as_slice()).unwrap();
+    }
+    for (inside, target) in &layer.links {
+        let mut header = tar::Header::new_gnu();
+        header.set_entry_type(tar::EntryType::Symlink);
+        header.set_size(0);
+        layer_tar.append_link(&mut header, inside, target).unwrap();
+    }
+    let layer_bytes = layer_tar.into_inner().unwrap();
+    let layer_id = format!("{:x}", Sha256::digest(&layer_bytes));
+
+    let config = serde_json::json!({
+        "architecture": "amd64",
+        "os": "linux",
+        "config": {
+            "Cmd": cmd,
+            "Env": ["PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"],
+        },
+        "rootfs": { "type": "layers", "diff_ids": [format!("sha256:{layer_id}")] },
+        "history": [{ "created_by": "bee tests" }],
+    });
+    let config_bytes = serde_json::to_vec(&config).unwrap();
+    let config_id = format!("{:x}", Sha256::digest(&config_bytes));
+    let manifest = serde_json::json!([{
+        "Config": format!("{config_id}.json"),
+        "RepoTags": [tag],
+        "Layers": [format!("{layer_id}/layer.tar")],
+    }]);
+
+    let file = std::fs::File::create(path).unwrap();
+    let mut archive = tar::Builder::new(file);
+    let mut add = |name: &str, data: &[u8]| {
+        let mut header = tar::Header::new_gnu();
+        header.set_mode(0o644);
+        header.set_size(data.len() as u64);
+        archive.append_data(&mut header, name, data).unwrap();
+    };
+    add(&format!("{config_id}.json"), &config_bytes);
+    add(&format!("{layer_id}/layer.tar"), &layer_bytes);
+    add("manifest.json", &serde_json::to_vec(&manifest).unwrap());
+    archive.finish().unwrap();
+}
+
+/// A busybox image layer: the static busybox of Debian's busybox-static package.
+pub fn busybox_layer() -> ImageLayer {
+    let busybox = PathBuf::from("/bin/busybox");
+    assert!(
+        busybox.is_file(),
+        "/bin/busybox is missing: install Debian's busybox-static (scripts/test.sh does)"
+    );
+    ImageLayer {
+        files: vec![("bin/busybox".into(), busybox, 0o755)],
+        links: vec![("bin/sh".into(), "busybox".into())],
+    }
+}
+
+/// A Docker registry server (Debian's docker-registry) on 127.0.0.1, stopped when dropped.
+pub struct Registry {
+    child: Child,
+    /// The port it listens on.
+    pub port: u16,
+    _dir: tempfile::TempDir,
+}
+
+impl Registry {
+    /// Starts a registry with its storage in a temporary directory and waits until it
+    /// answers.
+    pub fn start() -> Registry {
+        let program = "docker-registry";
+        assert!(
+            Command::new("sh")
+                .args(["-c", &format!("command -v {program}")])
+                .output()
+                .is_ok_and(|o| o.status.success()),
+            "{program} is missing: install Debian's docker-registry (scripts/test.sh does)"
+        );
+        let dir = tempfile::tempdir().unwrap();
+        let port = TcpListener::bind(("127.0.0.1", 0)).unwrap().local_addr().unwrap().port();
+        let config = dir.path().join("config.yml");
+        std::fs::write(
+            &config,
+            format!(
+                "version: 0.1\nlog:\n  level: warn\nstorage:\n  filesystem:\n    rootdirectory: {}\n\
+                 http:\n  addr: 127.0.0.1:{port}\n",
+                dir.path().join("data").display()
+            ),
+        )
+        .unwrap();
+        let child = Command::new(program)
+            .arg("serve")
+            .arg(&config)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("docker-registry starts");
+        let registry = Registry { child, port, _dir: dir };
+        wait_until("the registry to listen", Duration::from_secs(30), || port_in_use(port));
+        registry
+    }
+
+    /// Pushes a `docker save` archive to `name` (`repo:tag`) with skopeo.
+    pub fn push(&self, archive: &Path, name: &str) {
+        let output = Command::new("skopeo")
+            .args(["copy", "--quiet", "--dest-tls-verify=false"])
+            .arg(format!("docker-archive:{}", archive.display()))
+            .arg(format!("docker://127.0.0.1:{}/{name}", self.port))
+            .output()
+            .expect("skopeo is missing: install Debian's skopeo (scripts/test.sh does)");
+        assert!(output.status.success(), "skopeo copy failed: {}", stderr(&output));
+    }
+}
+
+impl Drop for Registry {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}

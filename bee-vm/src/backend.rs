@@ -1,0 +1,467 @@
+//! The VM backend: QEMU guests on this host (phase 2 of the paper's builder and its
+//! deployment, sections III-C and III-D).
+//!
+//! Per node, in the cluster directory: a qcow2 overlay backed by the image's raw disk, an
+//! SSH host key made by bee and handed to the guest through QEMU's fw_cfg (so bee knows
+//! and pins it before the guest boots), a known-hosts file with exactly that key, a QMP
+//! socket and the serial console log. QEMU runs with `-daemonize`, so it reports start-up
+//! errors (a port taken, a bad file) before it detaches, and it outlives the `bee` process
+//! that started it; a later `bee down` finds it through the cluster record.
+
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use async_trait::async_trait;
+use bee_core::config::Hosts;
+use bee_core::events::Events;
+use bee_core::record::{NodeRecord, RecordStore, Resource, SshEndpoint};
+use bee_core::traits::{Backend, ClusterPlan, NodeHealth};
+use bee_core::CoreError;
+use nix::sys::signal::{kill, Signal};
+use nix::unistd::Pid;
+use tokio::process::Command;
+
+use crate::image::GuestImage;
+use crate::kvm;
+use crate::qemu::{self, Accel, Disk, DiskFormat, VmSpec};
+use crate::qmp::Qmp;
+
+/// How long a guest gets to power off after an ACPI shutdown request.
+pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(20);
+/// How long a killed QEMU may take to disappear.
+const KILL_WAIT: Duration = Duration::from_secs(10);
+/// Kernel command line of every guest.
+pub const KERNEL_APPEND: &str = "root=/dev/vda rw console=ttyS0 net.ifnames=0 apparmor=0 quiet";
+/// Attempts at finding a free SSH port when another process takes the one picked.
+const PORT_ATTEMPTS: usize = 5;
+
+/// The QEMU backend.
+#[derive(Debug, Clone, Default)]
+pub struct VmBackend {
+    image: Option<GuestImage>,
+}
+
+impl VmBackend {
+    /// A backend that can only inspect and tear down recorded clusters.
+    pub fn new() -> VmBackend {
+        VmBackend { image: None }
+    }
+
+    /// A backend that boots nodes from `image`.
+    pub fn with_image(image: GuestImage) -> VmBackend {
+        VmBackend { image: Some(image) }
+    }
+}
+
+#[async_trait]
+impl Backend for VmBackend {
+    fn name(&self) -> &'static str {
+        "vm"
+    }
+
+    async fn provision(
+        &self,
+        plan: &ClusterPlan<'_>,
+        store: &mut RecordStore,
+        events: &dyn Events,
+    ) -> Result<Vec<NodeRecord>, CoreError> {
+        let image = self.image.as_ref().ok_or_else(|| CoreError::Backend {
+            backend: "vm",
+            detail: "no guest image was given to the backend".to_string(),
+        })?;
+        check_plan(plan)?;
+        let decision = kvm::choose().await.map_err(|e| backend_error(&e))?;
+        if let Some(warning) = &decision.warning {
+            tracing::warn!("{warning}");
+            events.warning(warning);
+        }
+        let accel = decision.accel;
+        let accel_name = match accel {
+            Accel::Kvm => "accelerator: kvm",
+            Accel::Tcg => "accelerator: tcg (software emulation)",
+        };
+        store.update(|r| r.notes.push(accel_name.to_string()))?;
+
+        let mut nodes = Vec::new();
+        for (index, name) in plan.node_names.iter().enumerate() {
+            let node = start_node(image, plan, index, name, accel, store).await?;
+            events.detail(&format!("{name}: qemu started, ssh on 127.0.0.1:{}", ssh_port(&node)));
+            nodes.push(node);
+        }
+        Ok(nodes)
+    }
+
+    async fn health(&self, store: &RecordStore) -> Vec<NodeHealth> {
+        store
+            .record()
+            .resources
+            .iter()
+            .filter_map(|resource| match resource {
+                Resource::Process { node, pid, start_time, .. } => {
+                    Some(process_health(store.dir(), node, *pid, *start_time))
+                }
+                _ => None,
+            })
+            .collect()
+    }
+
+    async fn teardown(
+        &self,
+        store: &mut RecordStore,
+        events: &dyn Events,
+    ) -> Result<(), CoreError> {
+        let resources = store.record().resources.clone();
+        let stops = resources.iter().filter_map(|resource| match resource {
+            Resource::Process { node, pid: Some(pid), start_time, qmp, .. } => {
+                Some(stop_process(node, *pid, *start_time, qmp.as_deref(), events))
+            }
+            _ => None,
+        });
+        let results = futures_util::future::join_all(stops).await;
+        let mut first_error = results.into_iter().find_map(Result::err);
+        for resource in resources.iter().rev() {
+            if let Resource::Path { path, .. } = resource {
+                if let Err(err) = remove_path(path) {
+                    tracing::warn!(path = %path.display(), error = %err, "cannot remove");
+                    first_error.get_or_insert(CoreError::io("cannot remove", path, err));
+                }
+            }
+        }
+        match first_error {
+            Some(err) => Err(err),
+            None => Ok(()),
+        }
+    }
+}
+
+fn check_plan(plan: &ClusterPlan<'_>) -> Result<(), CoreError> {
+    if let Some(platform) = plan.config.platforms.first() {
+        if platform.hosts != Hosts::Local {
+            return Err(CoreError::Unsupported {
+                what: "running VMs on other hosts (hosts = a list or \"slurm\")".to_string(),
+                instead: "use hosts = \"local\"".to_string(),
+            });
+        }
+    }
+    if !plan.networks.is_empty() || !plan.storages.is_empty() {
+        return Err(CoreError::Unsupported {
+            what: "data-plane networks and shared storage in the VM backend".to_string(),
+            instead: "use one node without [storage]".to_string(),
+        });
+    }
+    Ok(())
+}
+
+fn ssh_port(node: &NodeRecord) -> u16 {
+    node.ssh.as_ref().map_or(0, |ssh| ssh.port)
+}
+
+async fn start_node(
+    image: &GuestImage,
+    plan: &ClusterPlan<'_>,
+    index: usize,
+    name: &str,
+    accel: Accel,
+    store: &mut RecordStore,
+) -> Result<NodeRecord, CoreError> {
+    let dir = store.dir().join(name);
+    record_path(store, name, "node directory", &dir)?;
+    std::fs::create_dir_all(&dir).map_err(|e| CoreError::io("cannot create", &dir, e))?;
+
+    let host_key = dir.join("ssh_host_ed25519_key");
+    let host_pub = make_host_key(name, &host_key).await?;
+    let node_env = dir.join("node.env");
+    std::fs::write(&node_env, format!("BEE_HOSTNAME={name}\nBEE_NODE_INDEX={index}\n"))
+        .map_err(|e| CoreError::io("cannot write", &node_env, e))?;
+
+    let overlay = dir.join("disk.qcow2");
+    make_overlay(&image.disk(), &overlay).await?;
+
+    let qmp = dir.join("qmp.sock");
+    let pidfile = dir.join("qemu.pid");
+    let hardware = plan.config.hardware;
+    let mut last_error = None;
+    for _ in 0..PORT_ATTEMPTS {
+        let port = free_port()?;
+        store.update(|r| {
+            r.resources.push(Resource::Port { node: name.into(), what: "ssh".into(), port });
+            r.resources.push(Resource::Process {
+                node: name.into(),
+                what: "qemu".into(),
+                pid: None,
+                start_time: None,
+                qmp: Some(qmp.clone()),
+            });
+        })?;
+        let spec = VmSpec {
+            name: name.to_string(),
+            accel,
+            cpus: hardware.cpus,
+            memory_mib: hardware.memory_mib,
+            kernel: image.kernel(),
+            initrd: image.initrd(),
+            append: KERNEL_APPEND.to_string(),
+            disks: vec![Disk { path: overlay.clone(), format: DiskFormat::Qcow2, cache: None }],
+            ssh_port: port,
+            data_nics: Vec::new(),
+            shares: Vec::new(),
+            fw_cfg: vec![
+                ("opt/bee/ssh_host_ed25519_key".to_string(), host_key.clone()),
+                ("opt/bee/node".to_string(), node_env.clone()),
+            ],
+            qmp_socket: qmp.clone(),
+            serial_log: dir.join("console.log"),
+            pidfile: Some(pidfile.clone()),
+            ssh_mac: [0x52, 0x54, 0x00, 0x00, (index >> 8) as u8, index as u8],
+        };
+        match spawn_qemu(name, &spec).await {
+            Ok(pid) => {
+                let start_time = process_start_time(pid);
+                store.update(|r| {
+                    if let Some(Resource::Process { pid: p, start_time: s, .. }) =
+                        r.resources.iter_mut().rev().find(
+                            |res| matches!(res, Resource::Process { node, .. } if node == name),
+                        )
+                    {
+                        *p = Some(pid);
+                        *s = start_time;
+                    }
+                })?;
+                tracing::info!(node = name, pid, port, "qemu started");
+                let known_hosts = dir.join("known_hosts");
+                std::fs::write(&known_hosts, format!("[127.0.0.1]:{port} {host_pub}\n"))
+                    .map_err(|e| CoreError::io("cannot write", &known_hosts, e))?;
+                return Ok(NodeRecord {
+                    name: name.to_string(),
+                    ssh: Some(SshEndpoint {
+                        host: "127.0.0.1".to_string(),
+                        port,
+                        user: "bee".to_string(),
+                        key: image.key(),
+                        known_hosts,
+                    }),
+                });
+            }
+            Err((err, port_taken)) => {
+                store.update(|r| {
+                    r.resources.retain(|res| {
+                        !matches!(res, Resource::Process { node, pid: None, .. } if node == name)
+                            && !matches!(res, Resource::Port { port: p, .. } if *p == port)
+                    })
+                })?;
+                if !port_taken {
+                    return Err(err);
+                }
+                tracing::debug!(node = name, port, "ssh port taken meanwhile, trying another");
+                last_error = Some(err);
+            }
+        }
+    }
+    Err(last_error.unwrap_or_else(|| backend_message(format!("{name}: no free port found"))))
+}
+
+fn record_path(
+    store: &mut RecordStore,
+    node: &str,
+    what: &str,
+    path: &Path,
+) -> Result<(), CoreError> {
+    store.update(|r| {
+        r.resources.push(Resource::Path { node: node.into(), what: what.into(), path: path.into() })
+    })
+}
+
+/// Makes an ed25519 host key for a node and returns its public line (`type key comment`).
+async fn make_host_key(node: &str, key: &Path) -> Result<String, CoreError> {
+    let _ = std::fs::remove_file(key);
+    let _ = std::fs::remove_file(key.with_extension("pub"));
+    run_tool(
+        "ssh-keygen",
+        Command::new("ssh-keygen")
+            .args(["-q", "-t", "ed25519", "-N", "", "-C"])
+            .arg(format!("bee-{node}"))
+            .arg("-f")
+            .arg(key),
+    )
+    .await?;
+    let public = PathBuf::from(format!("{}.pub", key.display()));
+    let line =
+        std::fs::read_to_string(&public).map_err(|e| CoreError::io("cannot read", &public, e))?;
+    Ok(line.trim().to_string())
+}
+
+async fn make_overlay(base: &Path, overlay: &Path) -> Result<(), CoreError> {
+    run_tool(
+        "qemu-img",
+        Command::new("qemu-img")
+            .args(["create", "-q", "-f", "qcow2", "-F", "raw", "-b"])
+            .arg(base)
+            .arg(overlay),
+    )
+    .await
+}
+
+async fn run_tool(program: &str, command: &mut Command) -> Result<(), CoreError> {
+    tracing::debug!(?command, "running");
+    let output = command.stdin(Stdio::null()).output().await.map_err(|e| CoreError::Command {
+        program: program.to_string(),
+        detail: format!("cannot start it ({e}); is it installed?"),
+    })?;
+    if output.status.success() {
+        return Ok(());
+    }
+    Err(CoreError::Command {
+        program: program.to_string(),
+        detail: format!(
+            "{}: {}",
+            output.status,
+            bee_core::ssh::tail(&String::from_utf8_lossy(&output.stderr), 10)
+        ),
+    })
+}
+
+/// Starts a daemonized QEMU and returns its PID; the flag tells whether the SSH port was
+/// taken, so that the caller may try another.
+async fn spawn_qemu(node: &str, spec: &VmSpec) -> Result<u32, (CoreError, bool)> {
+    let args = spec.render().map_err(|e| (backend_error(&e), false))?;
+    let binary = qemu::qemu_binary();
+    let mut command = Command::new(&binary);
+    command.args(&args).arg("-daemonize").stdin(Stdio::null());
+    tracing::debug!(node, command = ?command, "starting qemu");
+    let output = command.output().await.map_err(|e| {
+        let detail = format!("cannot start {} ({e}); install qemu-system-x86", binary.display());
+        (CoreError::Command { program: "qemu".to_string(), detail }, false)
+    })?;
+    if !output.status.success() {
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        let port_taken = stderr.contains("host forwarding rule");
+        let detail = format!("{node}: {}: {}", output.status, bee_core::ssh::tail(&stderr, 10));
+        return Err((CoreError::Command { program: "qemu".to_string(), detail }, port_taken));
+    }
+    let pidfile = spec.pidfile.as_deref().unwrap_or(Path::new("/nonexistent"));
+    let text = std::fs::read_to_string(pidfile)
+        .map_err(|e| (CoreError::io("cannot read", pidfile, e), false))?;
+    text.trim().parse().map_err(|_| {
+        (backend_message(format!("{node}: pid file {} holds {text:?}", pidfile.display())), false)
+    })
+}
+
+fn free_port() -> Result<u16, CoreError> {
+    let listener = TcpListener::bind(("127.0.0.1", 0))
+        .map_err(|e| backend_message(format!("cannot find a free port on 127.0.0.1: {e}")))?;
+    listener
+        .local_addr()
+        .map(|addr| addr.port())
+        .map_err(|e| backend_message(format!("cannot find a free port on 127.0.0.1: {e}")))
+}
+
+/// The start time of a process in clock ticks since boot, from `/proc/PID/stat`.
+pub fn process_start_time(pid: u32) -> Option<u64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let after_name = &stat[stat.rfind(')')? + 1..];
+    let fields: Vec<&str> = after_name.split_whitespace().collect();
+    if fields.first() == Some(&"Z") {
+        return None;
+    }
+    fields.get(19)?.parse().ok()
+}
+
+/// True when `pid` runs and is the process that was recorded (not a reused PID).
+fn is_running(pid: u32, start_time: Option<u64>) -> bool {
+    match process_start_time(pid) {
+        Some(now) => start_time.is_none_or(|recorded| recorded == now),
+        None => false,
+    }
+}
+
+fn process_health(dir: &Path, node: &str, pid: Option<u32>, start_time: Option<u64>) -> NodeHealth {
+    let (alive, detail) = match pid {
+        None => (false, "qemu was never started".to_string()),
+        Some(pid) if is_running(pid, start_time) => (true, format!("qemu pid {pid} running")),
+        Some(pid) => {
+            let console = std::fs::read_to_string(dir.join(node).join("console.log"))
+                .map(|text| bee_core::ssh::tail(&text, 3))
+                .unwrap_or_default();
+            let mut detail = format!("its qemu process (pid {pid}) is gone");
+            if !console.is_empty() {
+                detail.push_str(&format!("; the console ended with: {console}"));
+            }
+            (false, detail)
+        }
+    };
+    NodeHealth { node: node.to_string(), alive, detail }
+}
+
+async fn stop_process(
+    node: &str,
+    pid: u32,
+    start_time: Option<u64>,
+    qmp: Option<&Path>,
+    events: &dyn Events,
+) -> Result<(), CoreError> {
+    if !is_running(pid, start_time) {
+        return Ok(());
+    }
+    let started = Instant::now();
+    if let Some(qmp) = qmp {
+        match request_powerdown(qmp).await {
+            Ok(()) => {
+                if wait_gone(pid, start_time, SHUTDOWN_GRACE).await {
+                    events.detail(&format!(
+                        "{node}: powered off in {:.1}s",
+                        started.elapsed().as_secs_f64()
+                    ));
+                    return Ok(());
+                }
+                tracing::warn!(node, pid, "guest did not power off in time; killing qemu");
+            }
+            Err(err) => tracing::debug!(node, error = %err, "no graceful shutdown"),
+        }
+    }
+    let _ = kill(Pid::from_raw(pid as i32), Signal::SIGKILL);
+    if wait_gone(pid, start_time, KILL_WAIT).await {
+        events.detail(&format!("{node}: qemu killed"));
+        Ok(())
+    } else {
+        Err(backend_message(format!("{node}: qemu pid {pid} did not exit after SIGKILL")))
+    }
+}
+
+async fn request_powerdown(qmp: &Path) -> Result<(), String> {
+    let mut client = Qmp::connect(qmp, Duration::from_secs(3)).await.map_err(|e| e.to_string())?;
+    client.system_powerdown().await.map_err(|e| e.to_string())
+}
+
+/// Polls until the process is gone or `timeout` passes; true when it is gone.
+async fn wait_gone(pid: u32, start_time: Option<u64>, timeout: Duration) -> bool {
+    let deadline = Instant::now() + timeout;
+    while Instant::now() < deadline {
+        if !is_running(pid, start_time) {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    !is_running(pid, start_time)
+}
+
+fn remove_path(path: &Path) -> std::io::Result<()> {
+    let result = match std::fs::symlink_metadata(path) {
+        Ok(meta) if meta.is_dir() => std::fs::remove_dir_all(path),
+        Ok(_) => std::fs::remove_file(path),
+        Err(e) => Err(e),
+    };
+    match result {
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        other => other,
+    }
+}
+
+fn backend_error(err: &dyn std::error::Error) -> CoreError {
+    backend_message(crate::bee_core_chain(err))
+}
+
+fn backend_message(detail: String) -> CoreError {
+    CoreError::Backend { backend: "vm", detail }
+}

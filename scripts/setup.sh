@@ -1,0 +1,54 @@
+#!/usr/bin/env bash
+# Installs what bee needs on a Debian 12 machine, builds bee, and builds the guest image
+# when it is not cached yet. Safe to run again: every step is skipped when already done.
+#
+#   scripts/setup.sh            bee and the guest image
+#   scripts/setup.sh --tests    also what the tests need (registry server, skopeo, busybox)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+with_tests=0
+[ "${1:-}" = "--tests" ] && with_tests=1
+
+say() { printf 'setup: %s\n' "$*" >&2; }
+
+as_root() {
+  if [ "$(id -u)" -eq 0 ]; then "$@"; else sudo "$@"; fi
+}
+
+# program:package pairs; a package is installed when its program is missing.
+needs=(
+  qemu-system-x86_64:qemu-system-x86
+  qemu-img:qemu-utils
+  mmdebstrap:mmdebstrap
+  mkfs.ext4:e2fsprogs
+  ssh:openssh-client
+  ssh-keygen:openssh-client
+)
+if [ "$with_tests" = 1 ]; then
+  needs+=(docker-registry:docker-registry skopeo:skopeo busybox:busybox-static)
+fi
+
+missing=()
+for pair in "${needs[@]}"; do
+  program=${pair%%:*}
+  package=${pair#*:}
+  if ! command -v "$program" >/dev/null 2>&1 && [ ! -x "/usr/sbin/$program" ] && [ ! -x "/sbin/$program" ]; then
+    missing+=("$package")
+  fi
+done
+if [ "${#missing[@]}" -gt 0 ]; then
+  mapfile -t missing < <(printf '%s\n' "${missing[@]}" | sort -u)
+  say "installing Debian packages: ${missing[*]}"
+  as_root apt-get update -qq
+  as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >&2
+fi
+
+# Builds go to a target directory outside the clone, so a fresh clone reuses earlier work.
+export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-${XDG_CACHE_HOME:-$HOME/.cache}/bee/target}"
+say "building bee (target directory $CARGO_TARGET_DIR)"
+cargo build --locked --bin bee
+
+say "building the guest image unless it is cached (about 5 minutes the first time)"
+as_root env BEE_CACHE_DIR="${BEE_CACHE_DIR:-${XDG_CACHE_HOME:-$HOME/.cache}/bee}" \
+  "$CARGO_TARGET_DIR/debug/bee" image build

@@ -1,0 +1,84 @@
+//! Failure paths of the `bee` command that need no guest: each gives a clear error and
+//! the documented exit code.
+
+use bee_tests::{stderr, write_config, BeeEnv};
+
+#[test]
+fn invalid_configuration_names_file_key_and_value() {
+    let env = BeeEnv::new();
+    let dir = tempfile::tempdir().unwrap();
+    let config = write_config(dir.path(), "[cluster]\nname = \"x\"\nnodes = 0\n");
+    let output = env.bee(&["up", config.to_str().unwrap()]);
+    assert_eq!(output.status.code(), Some(1));
+    let expected = format!(
+        "bee: error: {}: cluster.nodes = 0: expected a whole number from 1 to 64\n",
+        config.display()
+    );
+    assert_eq!(stderr(&output), expected);
+}
+
+#[test]
+fn run_failures_exit_with_125() {
+    let env = BeeEnv::new();
+    let dir = tempfile::tempdir().unwrap();
+    let config = write_config(dir.path(), "[cluster]\nname = \"x\"\nnodes = 1\n");
+    let output = env.bee(&["run", config.to_str().unwrap()]);
+    assert_eq!(output.status.code(), Some(125));
+    assert!(
+        stderr(&output).contains("[application] is missing: `bee run` needs an image"),
+        "{}",
+        stderr(&output)
+    );
+}
+
+#[test]
+fn missing_configuration_file_is_named() {
+    let env = BeeEnv::new();
+    let output = env.bee(&["up", "/nonexistent/bee.toml"]);
+    assert_eq!(output.status.code(), Some(1));
+    assert_eq!(
+        stderr(&output),
+        "bee: error: cannot read /nonexistent/bee.toml: No such file or directory (os error 2)\n"
+    );
+}
+
+#[test]
+fn unknown_cluster_is_reported_by_down_and_ssh() {
+    let env = BeeEnv::new();
+    for args in [&["down", "ghost"][..], &["ssh", "ghost"][..]] {
+        let output = env.bee(args);
+        assert_eq!(output.status.code(), Some(1), "{args:?}");
+        assert_eq!(
+            stderr(&output),
+            "bee: error: no cluster named \"ghost\": `bee status` lists the clusters there are\n"
+        );
+    }
+}
+
+#[test]
+fn more_nodes_than_networks_support_is_refused_before_anything_starts() {
+    let env = BeeEnv::new();
+    let dir = tempfile::tempdir().unwrap();
+    let config = write_config(dir.path(), "[cluster]\nname = \"three\"\nnodes = 3\n");
+    let output = env.bee(&["up", config.to_str().unwrap()]);
+    assert_eq!(output.status.code(), Some(1));
+    assert!(
+        stderr(&output).contains(
+            "a cluster of 3 nodes is not supported yet: the p2p-tree data-plane network is not \
+             built into this bee yet; use nodes = 1"
+        ),
+        "{}",
+        stderr(&output)
+    );
+    assert!(!env.state_dir().join("clusters/three").exists());
+}
+
+#[test]
+fn status_json_with_no_clusters_parses() {
+    let env = BeeEnv::new();
+    let output = env.bee(&["status", "--json"]);
+    assert!(output.status.success());
+    let report: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
+    assert_eq!(report["version"], 1);
+    assert_eq!(report["clusters"], serde_json::json!([]));
+}
