@@ -170,9 +170,8 @@ fn image_show() -> Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-fn vm_backend() -> Result<Arc<dyn Backend>> {
-    let image = GuestImage::locate(&paths::cache_dir(), &ImageInputs::from_env())?;
-    Ok(Arc::new(VmBackend::with_image(image)))
+fn vm_backend() -> Arc<dyn Backend> {
+    Arc::new(VmBackend::from_cache(paths::cache_dir(), ImageInputs::from_env()))
 }
 
 /// The backend that made a recorded cluster, for status and teardown.
@@ -189,7 +188,7 @@ fn recorded_backend(store: &RecordStore) -> Result<Arc<dyn Backend>> {
 async fn up(config_path: &Path) -> Result<ExitCode> {
     let config = Config::load(config_path)?;
     let progress = Progress::new();
-    let cluster = ClusterBuilder::new(vm_backend()?, paths::clusters_dir())
+    let cluster = ClusterBuilder::new(vm_backend(), paths::clusters_dir())
         .up(&config, &progress)
         .await
         .with_context(|| format!("cannot start cluster {}", config.name))?;
@@ -210,7 +209,7 @@ async fn run(config_path: &Path) -> Result<ExitCode> {
         )
     })?;
     let progress = Progress::new();
-    let mut cluster = ClusterBuilder::new(vm_backend()?, paths::clusters_dir())
+    let mut cluster = ClusterBuilder::new(vm_backend(), paths::clusters_dir())
         .up(&config, &progress)
         .await
         .with_context(|| format!("cannot start cluster {}", config.name))?;

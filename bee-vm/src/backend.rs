@@ -23,7 +23,7 @@ use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 use tokio::process::Command;
 
-use crate::image::GuestImage;
+use crate::image::{GuestImage, ImageInputs};
 use crate::kvm;
 use crate::qemu::{self, Accel, Disk, DiskFormat, VmSpec};
 use crate::qmp::Qmp;
@@ -41,17 +41,24 @@ const PORT_ATTEMPTS: usize = 5;
 #[derive(Debug, Clone, Default)]
 pub struct VmBackend {
     image: Option<GuestImage>,
+    cache: Option<(PathBuf, ImageInputs)>,
 }
 
 impl VmBackend {
     /// A backend that can only inspect and tear down recorded clusters.
     pub fn new() -> VmBackend {
-        VmBackend { image: None }
+        VmBackend { image: None, cache: None }
+    }
+
+    /// A backend that boots nodes from the image of `inputs` in `cache_dir`, looked up
+    /// when nodes are started, so that other problems of a configuration surface first.
+    pub fn from_cache(cache_dir: PathBuf, inputs: ImageInputs) -> VmBackend {
+        VmBackend { image: None, cache: Some((cache_dir, inputs)) }
     }
 
     /// A backend that boots nodes from `image`.
     pub fn with_image(image: GuestImage) -> VmBackend {
-        VmBackend { image: Some(image) }
+        VmBackend { image: Some(image), cache: None }
     }
 }
 
@@ -67,14 +74,18 @@ impl Backend for VmBackend {
         store: &mut RecordStore,
         events: &dyn Events,
     ) -> Result<Vec<NodeRecord>, CoreError> {
-        let image = self.image.as_ref().ok_or_else(|| CoreError::Backend {
-            backend: "vm",
-            detail: "no guest image was given to the backend".to_string(),
-        })?;
+        let image = match (&self.image, &self.cache) {
+            (Some(image), _) => image.clone(),
+            (None, Some((dir, inputs))) => GuestImage::locate(dir, inputs)?,
+            (None, None) => {
+                return Err(backend_message("no guest image was given to the backend".into()))
+            }
+        };
+        let image = &image;
         check_plan(plan)?;
-        let decision = kvm::choose().await.map_err(|e| backend_error(&e))?;
+        let cache = bee_core::paths::cache_dir().join("kvm-probe.json");
+        let decision = kvm::choose(Some(&cache)).await.map_err(|e| backend_error(&e))?;
         if let Some(warning) = &decision.warning {
-            tracing::warn!("{warning}");
             events.warning(warning);
         }
         let accel = decision.accel;

@@ -100,7 +100,7 @@ pub enum KvmDevice {
 }
 
 /// How the probe guest fared under KVM.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub enum ProbeOutcome {
     /// It finished its workload: KVM runs guests at hardware speed.
     Booted,
@@ -216,17 +216,16 @@ pub async fn probe(timeout: Duration) -> ProbeOutcome {
 /// opens and the probe guest finishes within [`PROBE_TIMEOUT`], else TCG.
 ///
 /// The choice is logged at info level and its warning, if any, once at warn level.
-pub async fn choose() -> Result<Decision, KvmError> {
+///
+/// With `cache`, a probe outcome recorded there during this boot of the host, for the
+/// same QEMU binary, is reused instead of probing again: KVM does not start or stop
+/// working without a reboot or a new QEMU, and the probe costs seconds when it hangs.
+pub async fn choose(cache: Option<&Path>) -> Result<Decision, KvmError> {
     let forced = forced_from_env()?;
     let dev = device_state(Path::new(KVM_DEVICE));
 
     let probed = match (forced, dev) {
-        (None, KvmDevice::Present) => {
-            let start = Instant::now();
-            let outcome = probe(PROBE_TIMEOUT).await;
-            debug!(?outcome, elapsed = ?start.elapsed(), "kvm probe finished");
-            Some(outcome)
-        }
+        (None, KvmDevice::Present) => Some(cached_probe(cache).await),
         _ => None,
     };
 
@@ -236,6 +235,46 @@ pub async fn choose() -> Result<Decision, KvmError> {
         warn!("{warning}");
     }
     Ok(decision)
+}
+
+/// What a probe outcome is valid for: this boot of the host and this QEMU binary.
+fn probe_cache_key() -> String {
+    let boot = fs::read_to_string("/proc/sys/kernel/random/boot_id").unwrap_or_default();
+    let qemu = qemu_binary();
+    let modified = fs::metadata(&qemu)
+        .and_then(|m| m.modified())
+        .ok()
+        .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+        .map_or(0, |d| d.as_secs());
+    format!("{} {} {modified}", boot.trim(), qemu.display())
+}
+
+/// Probes KVM, or reuses the outcome recorded in `cache` under the same key.
+async fn cached_probe(cache: Option<&Path>) -> ProbeOutcome {
+    let key = probe_cache_key();
+    if let Some(cache) = cache {
+        let recorded = fs::read_to_string(cache)
+            .ok()
+            .and_then(|text| serde_json::from_str::<(String, ProbeOutcome)>(&text).ok());
+        if let Some((recorded_key, outcome)) = recorded {
+            if recorded_key == key {
+                debug!(?outcome, cache = %cache.display(), "kvm probe outcome reused");
+                return outcome;
+            }
+        }
+    }
+    let start = Instant::now();
+    let outcome = probe(PROBE_TIMEOUT).await;
+    debug!(?outcome, elapsed = ?start.elapsed(), "kvm probe finished");
+    if let (Some(cache), false) = (cache, matches!(outcome, ProbeOutcome::Failed(_))) {
+        let written = serde_json::to_string(&(key, &outcome))
+            .map_err(io::Error::other)
+            .and_then(|text| fs::write(cache, text));
+        if let Err(err) = written {
+            debug!(error = %err, cache = %cache.display(), "kvm probe outcome not recorded");
+        }
+    }
+    outcome
 }
 
 /// Runs the probe guest with `qemu` under `accel`, in a scratch directory made
@@ -521,6 +560,17 @@ mod tests {
     }
 
     /// TCG runs the probe guest to the end: this proves the detection itself works.
+    #[tokio::test]
+    async fn recorded_probe_outcome_is_reused_for_the_same_boot_and_qemu() {
+        let dir = tempfile::tempdir().unwrap();
+        let cache = dir.path().join("kvm-probe.json");
+        // An outcome the real probe could not give within a test's time: proof that the
+        // record, not a probe, answered.
+        let recorded = ProbeOutcome::Hung(Duration::from_secs(12345));
+        fs::write(&cache, serde_json::to_string(&(probe_cache_key(), &recorded)).unwrap()).unwrap();
+        assert_eq!(cached_probe(Some(&cache)).await, recorded);
+    }
+
     #[tokio::test]
     async fn probe_guest_finishes_under_tcg() {
         let scratch = tempfile::tempdir().unwrap();

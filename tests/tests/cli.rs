@@ -82,3 +82,27 @@ fn status_json_with_no_clusters_parses() {
     assert_eq!(report["version"], 1);
     assert_eq!(report["clusters"], serde_json::json!([]));
 }
+
+#[test]
+fn missing_guest_image_says_how_to_build_it() {
+    let env = BeeEnv::new();
+    let dir = tempfile::tempdir().unwrap();
+    let cache = tempfile::tempdir().unwrap();
+    let config = write_config(dir.path(), "[cluster]\nname = \"noimage\"\nnodes = 1\n");
+    let output = env
+        .command(&["up", config.to_str().unwrap()])
+        .env("BEE_CACHE_DIR", cache.path())
+        .output()
+        .unwrap();
+    assert_eq!(output.status.code(), Some(1));
+    let stderr = stderr(&output);
+    let err = stderr.lines().find(|l| l.starts_with("bee: error:")).unwrap_or_default();
+    let expected = format!(
+        "bee: error: cannot start cluster noimage: starting 1 node(s): vm: no guest image in \
+         {}/images/",
+        cache.path().display()
+    );
+    assert!(err.starts_with(&expected), "{err}");
+    assert!(err.ends_with(": run `bee image build` first (needs root, about 5 minutes)"), "{err}");
+    assert!(!env.state_dir().join("clusters/noimage").exists());
+}
