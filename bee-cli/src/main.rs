@@ -192,9 +192,10 @@ async fn up(config_path: &Path) -> Result<ExitCode> {
         .up(&config, &progress)
         .await
         .with_context(|| format!("cannot start cluster {}", config.name))?;
+    let name = cluster.name().to_string();
+    cluster.detach().await;
     progress.message(&format!(
-        "cluster {name} is up: `bee ssh {name}` opens a shell, `bee down {name}` stops it",
-        name = cluster.name()
+        "cluster {name} is up: `bee ssh {name}` opens a shell, `bee down {name}` stops it"
     ));
     Ok(ExitCode::SUCCESS)
 }

@@ -280,6 +280,14 @@ impl Cluster {
         }
     }
 
+    /// Closes the connections and leaves the cluster running, for `bee up`; a later
+    /// process finds it by its record.
+    pub async fn detach(mut self) {
+        for session in self.sessions.drain(..) {
+            session.close().await;
+        }
+    }
+
     /// Closes the connections, tears the nodes down and removes the record.
     pub async fn down(mut self, events: &dyn Events) -> Result<(), CoreError> {
         for session in self.sessions.drain(..) {

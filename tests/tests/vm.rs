@@ -63,6 +63,8 @@ fn up_status_ssh_and_down_from_fresh_processes() {
     let lines: Vec<String> = stdout(&output).lines().map(str::to_string).collect();
     assert_eq!(lines[0], "updown-0");
     assert!(lines[1].starts_with("20.10"), "docker version {:?}", lines[1]);
+    // The image ships no machine-id; each node makes its own at first boot.
+    assert!(lines[2].len() == 32 && lines[2].chars().all(|c| c.is_ascii_hexdigit()), "{lines:?}");
 
     // The node's host key is pinned: a different key in known_hosts must be refused.
     let node_dir = env.state_dir().join("clusters/updown/updown-0");
