@@ -43,7 +43,8 @@ step() {
     printf 'bee-step %d/%d %s\n' "$step_no" "$STEPS" "$step_desc"
 }
 
-log() { printf 'bee-image: %s\n' "$*" >&2; }
+# Chatter on stderr, with seconds since start (to see where build time goes).
+log() { printf 'bee-image: [%4ds] %s\n' "$SECONDS" "$*" >&2; }
 
 die() {
     log "ERROR: $*"
@@ -67,6 +68,8 @@ PROXY=${BEE_PROXY:-}
 # rename on the same filesystem; the EXIT trap removes it.
 WORK=""
 container_pid=""
+guest_pid=""
+dockerd_pid=""
 
 # Unmount whatever is still mounted below $WORK (an interrupted mmdebstrap can
 # leave /dev, /proc, /sys binds in its chroot), deepest first, so that the
@@ -86,14 +89,15 @@ cleanup() {
     local rc=$?
     trap - EXIT
     set +e
-    if [[ -n ${dockerd_pid:-} ]] && kill -0 "$dockerd_pid" 2>/dev/null; then
-        kill -TERM "$dockerd_pid" 2>/dev/null
-        wait "$dockerd_pid" 2>/dev/null
-    fi
-    if [[ -n $container_pid ]] && kill -0 "$container_pid" 2>/dev/null; then
-        kill "$container_pid" 2>/dev/null
-        wait "$container_pid" 2>/dev/null
-    fi
+    # Our background children (mmdebstrap cleans up its own chroot mounts on
+    # SIGTERM; dockerd stops its containerd).
+    local pid
+    for pid in "$guest_pid" "$container_pid" "$dockerd_pid"; do
+        if [[ -n $pid ]] && kill -0 "$pid" 2>/dev/null; then
+            kill -TERM "$pid" 2>/dev/null
+            wait "$pid" 2>/dev/null
+        fi
+    done
     if [[ -n $WORK && -d $WORK ]]; then
         unmount_below "$WORK"
         rm -rf --one-file-system "$WORK"
@@ -270,12 +274,20 @@ guest_pkgs=(
     bridge-utils iproute2 iputils-ping
     fio iperf3
 )
-log "guest rootfs: mmdebstrap in foreground"
+# Also in the background, with `wait`: bash runs the INT/TERM traps only
+# after a foreground command ends, and a build that is cancelled should stop
+# and clean up at once, not a minute later.
+log "guest rootfs: mmdebstrap"
 mmdebstrap "${common_opts[@]}" \
     --include="$(IFS=,; echo "${guest_pkgs[*]}")" \
     --essential-hook="$WORK/hooks/guest-essential.sh" \
-    "$SUITE" "$ROOT" "$MIRROR" >&2 ||
+    "$SUITE" "$ROOT" "$MIRROR" >&2 &
+guest_pid=$!
+if ! wait "$guest_pid"; then
+    guest_pid=""
     die "mmdebstrap of the guest rootfs failed"
+fi
+guest_pid=""
 
 log "waiting for the container rootfs"
 if ! wait "$container_pid"; then
@@ -366,6 +378,14 @@ Storage=volatile
 RuntimeMaxUse=32M
 EOF
 
+# bee-init's modules, loaded in-process by systemd-modules-load early at
+# boot: cheaper than exec'ing modprobe from bee-init under TCG.
+cat >"$ROOT/etc/modules-load.d/bee.conf" <<'EOF'
+# bee: fw_cfg sysfs interface (per-node settings) and the NIC
+qemu_fw_cfg
+virtio_net
+EOF
+
 # Per-node setup from fw_cfg.
 cat >"$ROOT/usr/local/sbin/bee-init" <<'EOF'
 #!/bin/sh
@@ -387,10 +407,12 @@ errors=0
 err() { echo "bee-init: ERROR: $*" >&2; errors=$((errors + 1)); }
 info() { echo "bee-init: $*"; }
 
-# Every exec costs tens of ms under TCG: one modprobe for both modules, shell
-# builtins elsewhere. virtio_net is normally loaded by udev coldplug; loading
-# it here lets us configure eth0 without waiting for udev.
-modprobe -a qemu_fw_cfg virtio_net 2>/dev/null || true
+# Every exec costs tens of ms under TCG: shell builtins where possible.
+# systemd-modules-load (modules-load.d/bee.conf) has normally loaded both
+# modules already; modprobe only as a fallback.
+for m in qemu_fw_cfg virtio_net; do
+    [ -d "/sys/module/$m" ] || modprobe "$m" || err "modprobe $m failed"
+done
 cr=$(printf '\r')
 
 # SSH host key.
@@ -416,7 +438,8 @@ else
     err "fw_cfg entry opt/bee/ssh_host_ed25519_key missing: sshd will not start"
 fi
 
-# Node settings: parsed, not sourced, and only BEE_* keys.
+# Node settings: parsed, not sourced; unknown keys are ignored (newer hosts may
+# send more), lines that are not KEY=VALUE are errors.
 BEE_HOSTNAME=""
 BEE_ETH0_CIDR=10.0.2.15/24
 BEE_GATEWAY=10.0.2.2
@@ -427,6 +450,7 @@ if [ -r "$node" ]; then
     while IFS= read -r line || [ -n "$line" ]; do
         line=${line%"$cr"}
         case "$line" in '' | '#'*) continue ;; esac
+        case "$line" in *=*) ;; *) err "bad line in fw_cfg opt/bee/node (no KEY=VALUE): $line"; continue ;; esac
         k=${line%%=*}
         v=${line#*=}
         # strip one level of surrounding quotes
@@ -437,8 +461,7 @@ if [ -r "$node" ]; then
             BEE_GATEWAY) BEE_GATEWAY=$v ;;
             BEE_DNS) BEE_DNS=$v ;;
             BEE_ETH1_CIDR) BEE_ETH1_CIDR=$v ;;
-            BEE_*) info "ignoring unknown setting $k" ;;
-            *) err "bad line in fw_cfg opt/bee/node: $line" ;;
+            *) info "ignoring unknown setting $k" ;;
         esac
     done <"$node"
 else
@@ -516,7 +539,7 @@ cat >"$ROOT/etc/systemd/system/bee-init.service" <<'EOF'
 [Unit]
 Description=bee per-node setup from QEMU fw_cfg (host key, hostname, network)
 DefaultDependencies=no
-After=systemd-journald.socket systemd-remount-fs.service
+After=systemd-journald.socket systemd-remount-fs.service systemd-modules-load.service
 Before=network-online.target ssh.service rpcbind.service nfs-server.service shutdown.target
 Conflicts=shutdown.target
 
@@ -559,8 +582,14 @@ chroot "$ROOT" systemctl enable bee-init.service bee-ready.service >&2
 #  - systemd-firstboot could prompt on the console on the first boot of the
 #    empty machine-id
 #  - getty on tty1: there is no display (-nodefaults); ttyS0 keeps its getty
-#  - modprobe@ for drm/efi_pstore/fuse/dm_mod/loop, pstore, binfmt: about
-#    0.5 to 3 s of CPU each under TCG for hardware/features a node lacks
+#  - modprobe@ for drm/efi_pstore/fuse/dm_mod/loop/configfs, pstore, binfmt,
+#    debugfs/tracefs/hugepages/configfs mounts: about 0.3 to 3 s of CPU each
+#    under TCG (one vCPU: all of it delays SSH and Docker) for hardware or
+#    features a node does not use
+#  - systemd-logind (2 s): nothing uses sessions (no libpam-systemd)
+#  - systemd-sysusers (1 s, on the critical path at every first boot): the
+#    packages' postinst scripts created all system users at build time
+#  - systemd-journal-flush: the journal is volatile, nothing to flush
 mask_units=(
     e2scrub_reap.service e2scrub_all.timer
     systemd-networkd.service systemd-networkd.socket systemd-networkd-wait-online.service
@@ -569,7 +598,10 @@ mask_units=(
     systemd-firstboot.service
     getty@tty1.service
     modprobe@drm.service modprobe@efi_pstore.service modprobe@fuse.service
-    modprobe@dm_mod.service modprobe@loop.service
+    modprobe@dm_mod.service modprobe@loop.service modprobe@configfs.service
+    sys-kernel-debug.mount sys-kernel-tracing.mount sys-kernel-config.mount
+    dev-hugepages.mount
+    systemd-logind.service systemd-sysusers.service systemd-journal-flush.service
     systemd-pstore.service
     systemd-binfmt.service proc-sys-fs-binfmt_misc.automount proc-sys-fs-binfmt_misc.mount
 )
@@ -629,26 +661,35 @@ step 5 "preloading bee/base into the guest's Docker"
 # cannot run it (no overlay support, ...), the guest keeps only the tarball
 # and callers import it themselves: manifest.json says which.
 preloaded=false
+# Called as an `if` condition, where set -e does not apply: every step
+# returns on failure explicitly.
 preload() {
     local i
-    mount -t proc proc "$ROOT/proc"
-    mount -t sysfs sysfs "$ROOT/sys"
-    mount --bind /dev "$ROOT/dev"
-    mount -t tmpfs -o mode=0755 tmpfs "$ROOT/run"
-    mount -t tmpfs -o mode=1777 tmpfs "$ROOT/tmp"
+    # docker's untar helper makes "/" rslave in its own mount namespace,
+    # which fails (EINVAL) unless the chroot's root is a mount point.
+    mount --bind "$ROOT" "$ROOT" || return 1
+    mount -t proc proc "$ROOT/proc" || return 1
+    # dockerd refuses to start without the host's cgroup mounts (v1 or v2),
+    # hence all of /sys; rslave so nothing propagates back to the host.
+    mount --rbind /sys "$ROOT/sys" || return 1
+    mount --make-rslave "$ROOT/sys" || return 1
+    mount --bind /dev "$ROOT/dev" || return 1
+    mount -t tmpfs -o mode=0755 tmpfs "$ROOT/run" || return 1
+    mount -t tmpfs -o mode=1777 tmpfs "$ROOT/tmp" || return 1
     # overlay2 explicitly: otherwise dockerd picks whatever suits the build
     # host's filesystem (btrfs, vfs), which the guest would then inherit.
     # Everything else comes from the guest's /etc/docker/daemon.json.
     chroot "$ROOT" /usr/sbin/dockerd --storage-driver=overlay2 \
         >"$WORK/dockerd.log" 2>&1 &
     dockerd_pid=$!
-    for ((i = 0; i < 120; i++)); do
+    for ((i = 0; ; i++)); do
         chroot "$ROOT" docker version >/dev/null 2>&1 && break
         kill -0 "$dockerd_pid" 2>/dev/null || return 1
+        ((i < 120)) || return 1
         sleep 0.5
     done
-    chroot "$ROOT" docker import /var/lib/bee/base-container.tar bee/base >&2 &&
-        [[ $(chroot "$ROOT" docker info --format '{{.Driver}}') == overlay2 ]]
+    [[ $(chroot "$ROOT" docker info --format '{{.Driver}}') == overlay2 ]] || return 1
+    chroot "$ROOT" docker import /var/lib/bee/base-container.tar bee/base >&2 || return 1
 }
 stop_preload() {
     if [[ -n ${dockerd_pid:-} ]]; then
@@ -657,8 +698,10 @@ stop_preload() {
         dockerd_pid=""
     fi
     unmount_below "$ROOT"
+    if mountpoint -q "$ROOT"; then
+        umount -l "$ROOT" || log "warning: could not unmount $ROOT"
+    fi
 }
-dockerd_pid=""
 if preload; then
     preloaded=true
     log "bee/base preloaded into the guest's /var/lib/docker"
