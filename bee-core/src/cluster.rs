@@ -140,10 +140,18 @@ impl Cluster {
         let node_names: Vec<String> =
             (0..config.nodes).map(|i| format!("{}-{i}", config.name)).collect();
         let networks = match network {
-            Some(network) => step(
-                "planning the network",
-                network.plan(&config.network, config.nodes, &|_| [127, 0, 0, 1].into()),
-            )?,
+            Some(network) => {
+                let ports = free_ports(network.ports_needed(config.nodes))?;
+                let hosts = vec![std::net::Ipv4Addr::LOCALHOST; config.nodes as usize];
+                let request = crate::traits::NetworkRequest {
+                    spec: &config.network,
+                    cluster: &config.name,
+                    nodes: config.nodes,
+                    hosts: &hosts,
+                    ports: &ports,
+                };
+                step("planning the network", network.plan(&request))?
+            }
             None => Vec::new(),
         };
         let plan = ClusterPlan { config, node_names, networks, storages: Vec::new() };
@@ -360,6 +368,20 @@ async fn deliver_to_node(
         }
     }
     Ok(())
+}
+
+/// Finds `count` distinct free TCP ports on 127.0.0.1. They are free when found; a
+/// process that takes one meanwhile makes QEMU fail to start, which names the port.
+fn free_ports(count: usize) -> Result<Vec<u16>, CoreError> {
+    let listeners: Vec<std::net::TcpListener> = (0..count)
+        .map(|_| std::net::TcpListener::bind(("127.0.0.1", 0)))
+        .collect::<Result<_, _>>()
+        .map_err(|e| CoreError::io("cannot find free ports on", "127.0.0.1", e))?;
+    listeners
+        .iter()
+        .map(|l| l.local_addr().map(|a| a.port()))
+        .collect::<Result<_, _>>()
+        .map_err(|e| CoreError::io("cannot find free ports on", "127.0.0.1", e))
 }
 
 /// Wraps an error with the launch step it broke.

@@ -126,6 +126,8 @@ pub struct RawNetwork {
     pub mode: Option<String>,
     /// Data-plane subnet in CIDR notation.
     pub subnet: Option<String>,
+    /// QEMU transport of point-to-point links: `stream` or `socket`.
+    pub transport: Option<String>,
 }
 
 /// `[storage]` as written.
@@ -236,11 +238,28 @@ impl fmt::Display for NetworkMode {
     }
 }
 
+/// How QEMU carries a point-to-point link between two NICs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Transport {
+    /// `-netdev stream` (QEMU 7.2 and later): the faster one here.
+    Stream,
+    /// `-netdev socket`: older QEMUs have it too.
+    Socket,
+}
+
+impl Transport {
+    /// Every transport with its name in `bee.toml`.
+    pub const ALL: [(Transport, &'static str); 2] =
+        [(Transport::Stream, "stream"), (Transport::Socket, "socket")];
+}
+
 /// The data-plane network of a cluster.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct NetworkSpec {
     /// How NICs are joined.
     pub mode: NetworkMode,
+    /// How point-to-point links are carried.
+    pub transport: Transport,
     /// Network address of the subnet.
     pub subnet: Ipv4Addr,
     /// Prefix length of the subnet.
@@ -501,7 +520,18 @@ impl Checker<'_> {
                  such as \"192.168.100.0/24\"",
             )
         })?;
-        Ok(NetworkSpec { mode, subnet, prefix })
+        let transport = match raw.transport.as_deref() {
+            None => Transport::Stream,
+            Some(text) => Transport::ALL
+                .iter()
+                .find(|(_, name)| *name == text)
+                .map(|(transport, _)| *transport)
+                .ok_or_else(|| {
+                    let names = Transport::ALL.map(|(_, name)| name);
+                    self.invalid("network.transport", quoted(text), &one_of(&names))
+                })?,
+        };
+        Ok(NetworkSpec { mode, transport, subnet, prefix })
     }
 
     fn storage(&self, raw: &RawStorage) -> Result<StorageSpec, ConfigError> {
@@ -921,6 +951,14 @@ mod tests {
             error("[cluster]\nname = \"a\"\nnodes = 1\n[network]\nmode = \"ring\"\n"),
             "/cfg/bee.toml: network.mode = \"ring\": expected one of \"multicast\", \
              \"p2p-star\", \"p2p-tree\""
+        );
+    }
+
+    #[test]
+    fn unknown_transport() {
+        assert_eq!(
+            error("[cluster]\nname = \"a\"\nnodes = 1\n[network]\ntransport = \"udp\"\n"),
+            "/cfg/bee.toml: network.transport = \"udp\": expected one of \"stream\", \"socket\""
         );
     }
 

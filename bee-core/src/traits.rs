@@ -62,19 +62,33 @@ pub struct NodeNetwork {
     pub guest_steps: Vec<GuestStep>,
 }
 
+/// What a network needs to know to plan a cluster's data plane.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NetworkRequest<'a> {
+    /// The `[network]` section.
+    pub spec: &'a NetworkSpec,
+    /// The cluster's name, to keep its multicast group and MACs apart from other clusters'.
+    pub cluster: &'a str,
+    /// Number of nodes; node 0 is the master.
+    pub nodes: u32,
+    /// For each node, the address of the host it runs on: a node listens there, and its
+    /// peers connect there.
+    pub hosts: &'a [Ipv4Addr],
+    /// Free ports on the hosts, at least [`Network::ports_needed`] of them; a network uses
+    /// them in order.
+    pub ports: &'a [u16],
+}
+
 /// Plans the data-plane network of a cluster (paper section III-A).
 pub trait Network: Send + Sync {
     /// The mode this network implements.
     fn mode(&self) -> NetworkMode;
 
-    /// Plans NICs and guest steps for `nodes` nodes; node 0 is the master. `host_of`
-    /// gives the address of the host node `i` runs on, for links between hosts.
-    fn plan(
-        &self,
-        spec: &NetworkSpec,
-        nodes: u32,
-        host_of: &dyn Fn(u32) -> Ipv4Addr,
-    ) -> Result<Vec<NodeNetwork>, CoreError>;
+    /// How many host ports a cluster of `nodes` nodes needs.
+    fn ports_needed(&self, nodes: u32) -> usize;
+
+    /// Plans NICs and guest steps for every node, in node order.
+    fn plan(&self, request: &NetworkRequest<'_>) -> Result<Vec<NodeNetwork>, CoreError>;
 }
 
 /// A device a storage needs attached to a node.
@@ -110,17 +124,26 @@ pub trait Storage: Send + Sync {
     fn mode(&self) -> StorageMode;
 
     /// Creates host-side state in `dir` (an export directory, a data image filled with
-    /// the input) and plans devices and guest steps for `nodes` nodes.
+    /// `spec.input`) and plans devices and guest steps for every node. `addresses` are
+    /// the nodes' data-plane addresses, in node order (node 0 is the master). The
+    /// builder runs the master's guest steps before the other nodes' steps, and every
+    /// node's network steps before any storage step.
     async fn prepare(
         &self,
         spec: &StorageSpec,
-        nodes: u32,
+        addresses: &[Ipv4Addr],
         dir: &Path,
         events: &dyn Events,
     ) -> Result<Vec<NodeStorage>, CoreError>;
 
-    /// Copies the results into `spec.output` after the run.
-    async fn collect(&self, spec: &StorageSpec, dir: &Path) -> Result<(), CoreError>;
+    /// Copies what the nodes left in the shared directory into `spec.output`, after the
+    /// nodes have stopped, without booting anything.
+    async fn collect(
+        &self,
+        spec: &StorageSpec,
+        dir: &Path,
+        events: &dyn Events,
+    ) -> Result<(), CoreError>;
 }
 
 /// Everything a backend needs to bring up the nodes of one cluster.
