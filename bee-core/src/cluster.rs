@@ -6,19 +6,23 @@
 //! down and the error names the step. A [`Cluster`] can also be found again from a fresh
 //! process by its name, to be torn down.
 
+use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use futures_util::future::try_join_all;
 
-use crate::config::{Application, Config, ImageSource};
-use crate::docker::{self, NodeDocker, OutputStream, BASE_IMAGE, BASE_TARBALL, SHARED_DIR};
+use crate::config::{Application, Config, ImageSource, StorageSpec};
+use crate::docker::{
+    self, ContainerExtras, NodeDocker, OutputStream, BASE_IMAGE, BASE_TARBALL, SHARED_DIR,
+};
 use crate::error::CoreError;
 use crate::events::Events;
-use crate::record::{NodeRecord, Phase, RecordStore};
+use crate::mpi::{self, MpiNode};
+use crate::record::{NodeRecord, Phase, RecordStore, SshEndpoint, StorageRecord};
 use crate::ssh::{self, NodeSession};
-use crate::traits::{Backend, ClusterPlan, Network, Storage};
+use crate::traits::{Backend, ClusterPlan, GuestStep, Network, NetworkRequest, Storage};
 
 /// How long a node may take from process start to answering SSH.
 pub const SSH_TIMEOUT: Duration = Duration::from_secs(600);
@@ -57,19 +61,27 @@ impl ClusterBuilder {
     /// starts the nodes, waits for SSH and Docker. On failure tears down what was started.
     pub async fn up(self, config: &Config, events: &dyn Events) -> Result<Cluster, CoreError> {
         self.check(config)?;
-        let store = RecordStore::create(
+        let mut store = RecordStore::create(
             &self.clusters_dir,
             &config.name,
             self.backend.name(),
             &config.file,
         )?;
+        if let Some(spec) = &config.storage {
+            let mode = spec.mode.name().to_string();
+            let record = StorageRecord { mode, output: spec.output.clone() };
+            store.update(|r| r.storage = Some(record))?;
+        }
         let mut cluster = Cluster {
             backend: self.backend.clone(),
+            storage: self.storage,
             store,
+            config: config.clone(),
+            addresses: Vec::new(),
             sessions: Vec::new(),
             dockers: Vec::new(),
         };
-        match cluster.launch(config, self.network.as_deref(), events).await {
+        match cluster.launch(self.network.as_deref(), events).await {
             Ok(()) => Ok(cluster),
             Err(err) => {
                 tracing::error!(cluster = %config.name, error = %err, "launch failed");
@@ -110,7 +122,10 @@ impl ClusterBuilder {
 /// A running cluster with an open SSH connection and Docker client per node.
 pub struct Cluster {
     backend: Arc<dyn Backend>,
+    storage: Option<Box<dyn Storage>>,
     store: RecordStore,
+    config: Config,
+    addresses: Vec<Ipv4Addr>,
     sessions: Vec<NodeSession>,
     dockers: Vec<NodeDocker>,
 }
@@ -133,17 +148,17 @@ impl Cluster {
 
     async fn launch(
         &mut self,
-        config: &Config,
         network: Option<&dyn Network>,
         events: &dyn Events,
     ) -> Result<(), CoreError> {
+        let config = self.config.clone();
         let node_names: Vec<String> =
             (0..config.nodes).map(|i| format!("{}-{i}", config.name)).collect();
         let networks = match network {
             Some(network) => {
                 let ports = free_ports(network.ports_needed(config.nodes))?;
-                let hosts = vec![std::net::Ipv4Addr::LOCALHOST; config.nodes as usize];
-                let request = crate::traits::NetworkRequest {
+                let hosts = vec![Ipv4Addr::LOCALHOST; config.nodes as usize];
+                let request = NetworkRequest {
                     spec: &config.network,
                     cluster: &config.name,
                     nodes: config.nodes,
@@ -154,7 +169,19 @@ impl Cluster {
             }
             None => Vec::new(),
         };
-        let plan = ClusterPlan { config, node_names, networks, storages: Vec::new() };
+        self.addresses = match networks.is_empty() {
+            false => networks.iter().map(|n| n.address).collect(),
+            true => vec![Ipv4Addr::from(u32::from(config.network.subnet) + 1)],
+        };
+        let storages = match (&self.storage, &config.storage) {
+            (Some(storage), Some(spec)) => {
+                let what = format!("preparing {} storage", spec.mode.name());
+                let prepared = storage.prepare(spec, &self.addresses, self.store.dir(), events);
+                step(&what, prepared.await)?
+            }
+            _ => Vec::new(),
+        };
+        let plan = ClusterPlan { config: &config, node_names, networks, storages };
 
         let what = format!("starting {} node(s)", config.nodes);
         let started = Instant::now();
@@ -172,14 +199,47 @@ impl Cluster {
         self.dockers = dockers;
         events.finished(what, started.elapsed());
 
-        let mkdir = format!("sudo install -d -o bee -g bee {SHARED_DIR}");
-        let prepare = try_join_all(
-            self.sessions
-                .iter()
-                .map(|session| session.run_checked("creating the shared directory", &mkdir)),
-        );
-        step("preparing the nodes", prepare.await)?;
+        let mkdir = GuestStep {
+            what: "creating the shared directory".to_string(),
+            command: format!("install -d -o bee -g bee {SHARED_DIR}"),
+        };
+        let node_steps: Vec<Vec<GuestStep>> = (0..self.sessions.len())
+            .map(|i| {
+                let mut steps =
+                    plan.networks.get(i).map(|n| n.guest_steps.clone()).unwrap_or_default();
+                steps.push(mkdir.clone());
+                steps
+            })
+            .collect();
+        self.run_steps("configuring the nodes", &self.sessions, &node_steps, events).await?;
+        if !plan.storages.is_empty() {
+            let steps: Vec<Vec<GuestStep>> =
+                plan.storages.iter().map(|s| s.guest_steps.clone()).collect();
+            let (master, workers) = self.sessions.split_at(1);
+            let what = "mounting the shared directory on the master";
+            self.run_steps(what, master, &steps[..1], events).await?;
+            let what = "mounting the shared directory on the other nodes";
+            self.run_steps(what, workers, &steps[1..], events).await?;
+        }
         self.store.update(|r| r.phase = Phase::Ready)
+    }
+
+    /// Runs `steps[i]` on `sessions[i]`, all sessions at once, as one reported step.
+    async fn run_steps(
+        &self,
+        what: &str,
+        sessions: &[NodeSession],
+        steps: &[Vec<GuestStep>],
+        events: &dyn Events,
+    ) -> Result<(), CoreError> {
+        if sessions.is_empty() {
+            return Ok(());
+        }
+        let started = Instant::now();
+        events.started(what);
+        step(what, run_each(sessions, steps).await)?;
+        events.finished(what, started.elapsed());
+        Ok(())
     }
 
     async fn connect_node(
@@ -244,8 +304,10 @@ impl Cluster {
     }
 
     /// Runs the application's container on the master node, passing its output to
-    /// `output`, and returns its exit code. Watches the nodes meanwhile: when one dies,
-    /// fails with [`CoreError::NodeDied`] naming it.
+    /// `output`, and returns its exit code. With more than one node, every other node
+    /// runs a waiting container of the same image for MPI's daemons, and the master's
+    /// container gets what `mpirun` needs to use them (see [`crate::mpi`]). Watches the
+    /// nodes meanwhile: when one dies, fails with [`CoreError::NodeDied`] naming it.
     pub async fn run(
         &mut self,
         app: &Application,
@@ -257,8 +319,19 @@ impl Cluster {
         })?;
         self.store.update(|r| r.phase = Phase::Running)?;
         let container = format!("bee-{}", self.name());
+        let mut extras = ContainerExtras {
+            env: mpi::environment(&self.config.network, self.dockers.len()),
+            read_only: Vec::new(),
+        };
+        if self.dockers.len() > 1 {
+            self.install_mpi_files(&container).await?;
+            extras.read_only.push(mpi::BIN_DIR.to_string());
+            let workers = &self.dockers[1..];
+            let keepers = workers.iter().map(|d| d.start_keeper(&container, app, &extras));
+            step("starting the containers of the other nodes", try_join_all(keepers).await)?;
+        }
         let result = {
-            let run = master.run(&container, app, output);
+            let run = master.run(&container, app, &extras, output);
             tokio::pin!(run);
             let mut ticker = tokio::time::interval(HEALTH_INTERVAL);
             loop {
@@ -277,9 +350,52 @@ impl Cluster {
             Err(err) => Err(self.check_all_alive().await.err().unwrap_or(err)),
             ok => ok,
         };
+        if result.is_ok() {
+            for worker in &self.dockers[1..] {
+                worker.remove(&container).await;
+            }
+        }
         let phase = if result.is_ok() { Phase::Ready } else { Phase::Failed };
         self.store.update(|r| r.phase = phase)?;
         result
+    }
+
+    /// Writes the hostfile, the rsh agent and the keys of [`crate::mpi`] on the master.
+    async fn install_mpi_files(&self, container: &str) -> Result<(), CoreError> {
+        let record = self.store.record();
+        let mut nodes = Vec::new();
+        for (node, address) in record.nodes.iter().zip(&self.addresses) {
+            let endpoint = self.endpoint(node)?;
+            let known = std::fs::read_to_string(&endpoint.known_hosts)
+                .map_err(|e| CoreError::io("cannot read", &endpoint.known_hosts, e))?;
+            let host_key = known.split_once(' ').map(|(_, key)| key.trim()).unwrap_or_default();
+            nodes.push(MpiNode {
+                address: *address,
+                slots: self.config.hardware.cpus,
+                host_key: host_key.to_string(),
+            });
+        }
+        let key_file = &self.endpoint(&record.nodes[0])?.key;
+        let client_key = std::fs::read_to_string(key_file)
+            .map_err(|e| CoreError::io("cannot read", key_file, e))?;
+        let mut script = format!("install -d -m 0755 {}", mpi::BIN_DIR);
+        for file in mpi::bin_files(&nodes, container, &client_key) {
+            let path = format!("{}/{}", mpi::BIN_DIR, file.name);
+            script.push_str(&format!(
+                " && echo {} | base64 -d > {path} && chmod {:o} {path}",
+                base64(file.contents.as_bytes()),
+                file.mode
+            ));
+        }
+        let what = "writing the MPI hostfile and launcher";
+        step(what, self.sessions[0].run_checked(what, &sudo(&script)).await).map(|_| ())
+    }
+
+    fn endpoint<'a>(&self, node: &'a NodeRecord) -> Result<&'a SshEndpoint, CoreError> {
+        node.ssh.as_ref().ok_or_else(|| CoreError::Backend {
+            backend: self.backend.name(),
+            detail: format!("node {} has no SSH endpoint", node.name),
+        })
     }
 
     fn mark_failed(&mut self) {
@@ -296,20 +412,24 @@ impl Cluster {
         }
     }
 
-    /// Closes the connections, tears the nodes down and removes the record.
+    /// Closes the connections, tears the nodes down, collects the shared directory into
+    /// `storage.output` and removes the record.
     pub async fn down(mut self, events: &dyn Events) -> Result<(), CoreError> {
         for session in self.sessions.drain(..) {
             session.close().await;
         }
         self.dockers.clear();
-        teardown(self.backend.as_ref(), self.store, events).await
+        teardown(self.backend.as_ref(), self.store, self.storage.as_deref(), events).await
     }
 }
 
-/// Tears down the cluster recorded in `store` and removes its record.
+/// Tears down the cluster recorded in `store`, collects its shared directory with
+/// `storage` when the record names an output, and removes the record. When collecting
+/// fails, the record and the data stay, so that `bee down` can try again.
 pub async fn teardown(
     backend: &dyn Backend,
     mut store: RecordStore,
+    storage: Option<&dyn Storage>,
     events: &dyn Events,
 ) -> Result<(), CoreError> {
     let what = format!("stopping cluster {}", store.record().name);
@@ -317,9 +437,18 @@ pub async fn teardown(
     events.started(&what);
     store.update(|r| r.phase = Phase::Stopping)?;
     backend.teardown(&mut store, events).await?;
-    store.remove()?;
     events.finished(&what, started.elapsed());
-    Ok(())
+    let output = store.record().storage.as_ref().and_then(|s| s.output.clone());
+    if let (Some(storage), Some(output)) = (storage, output) {
+        let spec = StorageSpec { mode: storage.mode(), input: None, output: Some(output) };
+        if let Err(err) = storage.collect(&spec, store.dir(), events).await {
+            store.update(|r| r.phase = Phase::Failed)?;
+            let step = "collecting the shared directory (the data stays until `bee down` \
+                        succeeds)";
+            return Err(CoreError::Step { step: step.to_string(), source: Box::new(err) });
+        }
+    }
+    store.remove()
 }
 
 async fn deliver_to_node(
@@ -387,4 +516,56 @@ fn free_ports(count: usize) -> Result<Vec<u16>, CoreError> {
 /// Wraps an error with the launch step it broke.
 fn step<T>(what: &str, result: Result<T, CoreError>) -> Result<T, CoreError> {
     result.map_err(|err| CoreError::Step { step: what.to_string(), source: Box::new(err) })
+}
+
+/// Runs `steps[i]` on `sessions[i]`, all sessions at once.
+async fn run_each(sessions: &[NodeSession], steps: &[Vec<GuestStep>]) -> Result<(), CoreError> {
+    let all = sessions.iter().zip(steps).map(|(session, steps)| async move {
+        for step in steps {
+            session.run_checked(&step.what, &sudo(&step.command)).await?;
+        }
+        Ok::<(), CoreError>(())
+    });
+    try_join_all(all).await.map(|_| ())
+}
+
+/// A command line that runs `script` as root through `sh -c`.
+fn sudo(script: &str) -> String {
+    format!("sudo sh -c '{}'", script.replace('\'', r"'\''"))
+}
+
+/// Standard base64, for passing files through a command line.
+fn base64(bytes: &[u8]) -> String {
+    const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    let mut text = String::with_capacity(bytes.len().div_ceil(3) * 4);
+    for chunk in bytes.chunks(3) {
+        let word = chunk.iter().enumerate().fold(0u32, |w, (i, b)| w | (*b as u32) << (16 - 8 * i));
+        for i in 0..4 {
+            if i <= chunk.len() {
+                text.push(ALPHABET[(word >> (18 - 6 * i) & 63) as usize] as char);
+            } else {
+                text.push('=');
+            }
+        }
+    }
+    text
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn base64_matches_the_standard() {
+        assert_eq!(base64(b""), "");
+        assert_eq!(base64(b"f"), "Zg==");
+        assert_eq!(base64(b"fo"), "Zm8=");
+        assert_eq!(base64(b"foo"), "Zm9v");
+        assert_eq!(base64(b"foobar\n"), "Zm9vYmFyCg==");
+    }
+
+    #[test]
+    fn sudo_quotes_single_quotes() {
+        assert_eq!(sudo("echo 'a b'"), r"sudo sh -c 'echo '\''a b'\'''");
+    }
 }

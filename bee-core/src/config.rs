@@ -284,6 +284,11 @@ impl StorageMode {
     pub fn name(self) -> &'static str {
         Self::ALL.iter().find(|(mode, _)| *mode == self).map(|(_, name)| *name).unwrap_or("")
     }
+
+    /// The mode of a name used in `bee.toml`.
+    pub fn from_name(name: &str) -> Option<StorageMode> {
+        Self::ALL.iter().find(|(_, n)| *n == name).map(|(mode, _)| *mode)
+    }
 }
 
 /// Shared storage of a cluster.

@@ -42,6 +42,15 @@ pub const BASE_TARBALL: &str = "/var/lib/bee/base-container.tar";
 /// The directory shared by the nodes, at the same path in guests and containers.
 pub const SHARED_DIR: &str = "/bee/shared";
 
+/// What bee adds to the application's container besides `[application]`.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ContainerExtras {
+    /// Environment variables, after the application's own.
+    pub env: std::collections::BTreeMap<String, String>,
+    /// Node directories mounted read-only at the same path.
+    pub read_only: Vec<String>,
+}
+
 /// Which stream a piece of container output came from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum OutputStream {
@@ -195,18 +204,50 @@ impl NodeDocker {
         &self,
         container: &str,
         app: &Application,
+        extras: &ContainerExtras,
         output: &mut (dyn FnMut(OutputStream, &[u8]) + Send),
     ) -> Result<i64, CoreError> {
+        self.create(container, app, extras, None).await?;
+        let result = self.start_and_follow(container, output).await;
         self.remove(container).await;
-        let env: Vec<String> = app.env.iter().map(|(k, v)| format!("{k}={v}")).collect();
+        result
+    }
+
+    /// Starts a container of `app` that only waits, so that MPI can start its daemons in
+    /// it with `docker exec`; [`NodeDocker::remove`] stops it.
+    pub async fn start_keeper(
+        &self,
+        container: &str,
+        app: &Application,
+        extras: &ContainerExtras,
+    ) -> Result<(), CoreError> {
+        let wait = vec!["sleep".to_string(), "infinity".to_string()];
+        self.create(container, app, extras, Some(wait)).await?;
+        self.docker
+            .start_container(container, None)
+            .await
+            .map_err(|e| docker_error(&self.node, "cannot start the container", &e))
+    }
+
+    async fn create(
+        &self,
+        container: &str,
+        app: &Application,
+        extras: &ContainerExtras,
+        command: Option<Vec<String>>,
+    ) -> Result<(), CoreError> {
+        self.remove(container).await;
+        let env = app.env.iter().chain(&extras.env).map(|(k, v)| format!("{k}={v}")).collect();
+        let mut binds = vec![format!("{SHARED_DIR}:{SHARED_DIR}")];
+        binds.extend(extras.read_only.iter().map(|dir| format!("{dir}:{dir}:ro")));
         let body = ContainerCreateBody {
             image: Some(app.image.clone()),
-            cmd: (!app.command.is_empty()).then(|| app.command.clone()),
+            cmd: command.or_else(|| (!app.command.is_empty()).then(|| app.command.clone())),
             env: Some(env),
             working_dir: app.workdir.clone(),
             host_config: Some(HostConfig {
                 network_mode: Some("host".to_string()),
-                binds: Some(vec![format!("{SHARED_DIR}:{SHARED_DIR}")]),
+                binds: Some(binds),
                 ..Default::default()
             }),
             ..Default::default()
@@ -215,9 +256,7 @@ impl NodeDocker {
         self.docker.create_container(Some(options), body).await.map_err(|e| {
             docker_error(&self.node, &format!("cannot create container of {}", app.image), &e)
         })?;
-        let result = self.start_and_follow(container, output).await;
-        self.remove(container).await;
-        result
+        Ok(())
     }
 
     async fn start_and_follow(

@@ -19,6 +19,7 @@ pub mod config;
 pub mod docker;
 pub mod error;
 pub mod events;
+pub mod mpi;
 pub mod paths;
 pub mod record;
 pub mod ssh;

@@ -121,6 +121,18 @@ pub struct ClusterRecord {
     pub nodes: Vec<NodeRecord>,
     /// What teardown must remove, in creation order.
     pub resources: Vec<Resource>,
+    /// The shared storage, whose contents teardown collects before removing it.
+    #[serde(default)]
+    pub storage: Option<StorageRecord>,
+}
+
+/// The shared storage of a cluster, as teardown needs it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StorageRecord {
+    /// The mode's name in `bee.toml`, such as `virtio-9p`.
+    pub mode: String,
+    /// Where results are collected to, if anywhere.
+    pub output: Option<PathBuf>,
 }
 
 /// A cluster's directory and record file.
@@ -160,6 +172,7 @@ impl RecordStore {
             notes: Vec::new(),
             nodes: Vec::new(),
             resources: Vec::new(),
+            storage: None,
         };
         let store = RecordStore { dir, record };
         store.save()?;

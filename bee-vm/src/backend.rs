@@ -8,16 +8,16 @@
 //! errors (a port taken, a bad file) before it detaches, and it outlives the `bee` process
 //! that started it; a later `bee down` finds it through the cluster record.
 
-use std::net::TcpListener;
+use std::net::{Ipv4Addr, SocketAddr, TcpListener};
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
-use bee_core::config::Hosts;
+use bee_core::config::{Hosts, Transport};
 use bee_core::events::Events;
 use bee_core::record::{NodeRecord, RecordStore, Resource, SshEndpoint};
-use bee_core::traits::{Backend, ClusterPlan, NodeHealth};
+use bee_core::traits::{Backend, ClusterPlan, Nic, NodeHealth, StorageDevice};
 use bee_core::CoreError;
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
@@ -25,7 +25,7 @@ use tokio::process::Command;
 
 use crate::image::{GuestImage, ImageInputs};
 use crate::kvm;
-use crate::qemu::{self, Accel, Disk, DiskFormat, VmSpec};
+use crate::qemu::{self, Accel, DataNic, Disk, DiskFormat, Share, VmSpec};
 use crate::qmp::Qmp;
 
 /// How long a guest gets to power off after an ACPI shutdown request.
@@ -156,13 +156,52 @@ fn check_plan(plan: &ClusterPlan<'_>) -> Result<(), CoreError> {
             });
         }
     }
-    if !plan.networks.is_empty() || !plan.storages.is_empty() {
-        return Err(CoreError::Unsupported {
-            what: "data-plane networks and shared storage in the VM backend".to_string(),
-            instead: "use one node without [storage]".to_string(),
-        });
-    }
     Ok(())
+}
+
+/// The data-plane NICs of node `index`, in QEMU's terms. Point-to-point links use the
+/// transport the configuration asks for; multicast members send from 127.0.0.1, which
+/// needs no multicast route on the host.
+fn data_nics(plan: &ClusterPlan<'_>, index: usize) -> Result<Vec<DataNic>, CoreError> {
+    let Some(network) = plan.networks.get(index) else { return Ok(Vec::new()) };
+    let stream = plan.config.network.transport == Transport::Stream;
+    network
+        .nics
+        .iter()
+        .map(|nic| match *nic {
+            Nic::Multicast { group: SocketAddr::V4(group), mac } => {
+                Ok(DataNic::Multicast { group, localaddr: Ipv4Addr::LOCALHOST, mac })
+            }
+            Nic::Multicast { group, .. } => {
+                Err(backend_message(format!("multicast group {group} is not IPv4")))
+            }
+            Nic::Listen { addr, mac } if stream => Ok(DataNic::StreamListen { addr, mac }),
+            Nic::Listen { addr, mac } => Ok(DataNic::SocketListen { addr, mac }),
+            Nic::Connect { addr, mac } if stream => Ok(DataNic::StreamConnect { addr, mac }),
+            Nic::Connect { addr, mac } => Ok(DataNic::SocketConnect { addr, mac }),
+        })
+        .collect()
+}
+
+/// The shares and extra disks storage asks for on node `index`.
+fn storage_devices(plan: &ClusterPlan<'_>, index: usize) -> (Vec<Share>, Vec<Disk>) {
+    let mut shares = Vec::new();
+    let mut disks = Vec::new();
+    for device in plan.storages.get(index).map(|s| s.devices.as_slice()).unwrap_or_default() {
+        match device {
+            StorageDevice::Share { path, tag } => {
+                shares.push(Share { path: path.clone(), tag: tag.clone() })
+            }
+            // A raw data disk bypasses the host page cache: FACTS measured twice the
+            // write speed of the cached default under TCG.
+            StorageDevice::Disk { path } => disks.push(Disk {
+                path: path.clone(),
+                format: DiskFormat::Raw,
+                cache: Some("none".to_string()),
+            }),
+        }
+    }
+    (shares, disks)
 }
 
 fn ssh_port(node: &NodeRecord) -> u16 {
@@ -190,6 +229,10 @@ async fn start_node(
     let overlay = dir.join("disk.qcow2");
     make_overlay(&image.disk(), &overlay).await?;
 
+    let data_nics = data_nics(plan, index)?;
+    let (shares, extra_disks) = storage_devices(plan, index);
+    let mut disks = vec![Disk { path: overlay.clone(), format: DiskFormat::Qcow2, cache: None }];
+    disks.extend(extra_disks);
     let qmp = dir.join("qmp.sock");
     let pidfile = dir.join("qemu.pid");
     let hardware = plan.config.hardware;
@@ -214,10 +257,10 @@ async fn start_node(
             kernel: image.kernel(),
             initrd: image.initrd(),
             append: KERNEL_APPEND.to_string(),
-            disks: vec![Disk { path: overlay.clone(), format: DiskFormat::Qcow2, cache: None }],
+            disks: disks.clone(),
             ssh_port: port,
-            data_nics: Vec::new(),
-            shares: Vec::new(),
+            data_nics: data_nics.clone(),
+            shares: shares.clone(),
             fw_cfg: vec![
                 ("opt/bee/ssh_host_ed25519_key".to_string(), host_key.clone()),
                 ("opt/bee/node".to_string(), node_env.clone()),

@@ -57,8 +57,8 @@ fn up_status_ssh_and_down_from_fresh_processes() {
     let port = cluster["nodes"][0]["ssh_port"].as_u64().expect("ssh port") as u16;
     assert!(port_in_use(port));
 
-    let output =
-        env.bee(&["ssh", "updown", "0", "--", "hostname; docker info -f '{{.ServerVersion}}'"]);
+    let remote = "hostname; docker info -f '{{.ServerVersion}}'; cat /etc/machine-id";
+    let output = env.bee(&["ssh", "updown", "0", "--", remote]);
     assert!(output.status.success(), "{}", stderr(&output));
     let lines: Vec<String> = stdout(&output).lines().map(str::to_string).collect();
     assert_eq!(lines[0], "updown-0");
