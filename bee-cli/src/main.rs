@@ -12,9 +12,10 @@ use std::sync::Arc;
 
 use anyhow::{anyhow, Context, Result};
 use bee_core::cluster::{self, ClusterBuilder};
+use bee_core::config::StorageMode;
 use bee_core::docker::OutputStream;
 use bee_core::record::RecordStore;
-use bee_core::traits::Backend;
+use bee_core::traits::{Backend, Storage};
 use bee_core::{paths, Config};
 use bee_vm::{GuestImage, ImageInputs, VmBackend};
 use clap::{Parser, Subcommand};
@@ -117,7 +118,11 @@ fn init_logging(verbose: u8) {
     };
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(level));
-    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).init();
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .with_writer(std::io::stderr)
+        .init();
 }
 
 /// Prints an error with its causes once, without repeating a cause a message already holds.
@@ -170,8 +175,31 @@ fn image_show() -> Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-fn vm_backend() -> Arc<dyn Backend> {
-    Arc::new(VmBackend::from_cache(paths::cache_dir(), ImageInputs::from_env()))
+/// The cluster builder for `config`: the VM backend, the network of `[network]` when
+/// there is more than one node, and the storage of `[storage]`.
+fn builder(config: &Config) -> ClusterBuilder {
+    let backend = Arc::new(VmBackend::from_cache(paths::cache_dir(), ImageInputs::from_env()));
+    let mut builder = ClusterBuilder::new(backend, paths::clusters_dir());
+    if config.nodes > 1 {
+        builder = builder.network(bee_net::for_mode(config.network.mode));
+    }
+    if let Some(spec) = &config.storage {
+        builder = builder.storage(bee_storage::for_mode(spec.mode));
+    }
+    builder
+}
+
+/// The storage of a recorded cluster, for collecting its results at teardown.
+fn recorded_storage(store: &RecordStore) -> Result<Option<Box<dyn Storage>>> {
+    let Some(record) = &store.record().storage else { return Ok(None) };
+    let mode = StorageMode::from_name(&record.mode).ok_or_else(|| {
+        anyhow!(
+            "cluster {} uses storage {:?}, which this bee does not have",
+            store.record().name,
+            record.mode
+        )
+    })?;
+    Ok(Some(bee_storage::for_mode(mode)))
 }
 
 /// The backend that made a recorded cluster, for status and teardown.
@@ -188,7 +216,7 @@ fn recorded_backend(store: &RecordStore) -> Result<Arc<dyn Backend>> {
 async fn up(config_path: &Path) -> Result<ExitCode> {
     let config = Config::load(config_path)?;
     let progress = Progress::new();
-    let cluster = ClusterBuilder::new(vm_backend(), paths::clusters_dir())
+    let cluster = builder(&config)
         .up(&config, &progress)
         .await
         .with_context(|| format!("cannot start cluster {}", config.name))?;
@@ -210,7 +238,7 @@ async fn run(config_path: &Path) -> Result<ExitCode> {
         )
     })?;
     let progress = Progress::new();
-    let mut cluster = ClusterBuilder::new(vm_backend(), paths::clusters_dir())
+    let mut cluster = builder(&config)
         .up(&config, &progress)
         .await
         .with_context(|| format!("cannot start cluster {}", config.name))?;
@@ -346,8 +374,9 @@ fn ssh(cluster: &str, node: Option<&str>, command: &[String]) -> Result<ExitCode
 async fn down(cluster: &str) -> Result<ExitCode> {
     let store = RecordStore::open(&paths::clusters_dir(), cluster)?;
     let backend = recorded_backend(&store)?;
+    let storage = recorded_storage(&store)?;
     let progress = Progress::new();
-    cluster::teardown(backend.as_ref(), store, &progress)
+    cluster::teardown(backend.as_ref(), store, storage.as_deref(), &progress)
         .await
         .with_context(|| format!("cannot tear down cluster {cluster}"))?;
     progress.message(&format!("cluster {cluster} is down"));

@@ -360,7 +360,7 @@ impl Cluster {
         result
     }
 
-    /// Writes the hostfile, the rsh agent and the keys of [`crate::mpi`] on the master.
+    /// Writes the hostfile, the rsh agent and the keys of [`crate::mpi`] on every node.
     async fn install_mpi_files(&self, container: &str) -> Result<(), CoreError> {
         let record = self.store.record();
         let mut nodes = Vec::new();
@@ -387,8 +387,12 @@ impl Cluster {
                 file.mode
             ));
         }
+        // Every node needs the agent: OpenMPI's daemons check that the path they are given
+        // exists, even though only the master's uses it.
         let what = "writing the MPI hostfile and launcher";
-        step(what, self.sessions[0].run_checked(what, &sudo(&script)).await).map(|_| ())
+        let command = sudo(&script);
+        let all = self.sessions.iter().map(|session| session.run_checked(what, &command));
+        step(what, try_join_all(all).await).map(|_| ())
     }
 
     fn endpoint<'a>(&self, node: &'a NodeRecord) -> Result<&'a SshEndpoint, CoreError> {

@@ -388,7 +388,10 @@ impl Config {
     pub fn load(file: &Path) -> Result<Config, ConfigError> {
         let text = std::fs::read_to_string(file)
             .map_err(|source| ConfigError::Read { file: file.to_path_buf(), source })?;
-        RawConfig::parse(file, &text)?.validate(file)
+        // Relative paths in the file are relative to its directory, wherever bee runs.
+        let file = std::fs::canonicalize(file)
+            .map_err(|source| ConfigError::Read { file: file.to_path_buf(), source })?;
+        RawConfig::parse(&file, &text)?.validate(&file)
     }
 }
 

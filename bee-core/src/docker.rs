@@ -248,6 +248,8 @@ impl NodeDocker {
             host_config: Some(HostConfig {
                 network_mode: Some("host".to_string()),
                 binds: Some(binds),
+                // An init process reaps what MPI's daemons leave behind.
+                init: Some(true),
                 ..Default::default()
             }),
             ..Default::default()

@@ -7,7 +7,8 @@
 //! and runs the daemon inside that node's container with `docker exec`. Containers share
 //! their guest's network, so the daemons and ranks reach each other over the data network.
 //!
-//! The files live in `/bee/bin` on the master, mounted read-only into its container. The
+//! The files live in `/bee/bin` on every node (OpenMPI's daemons check that the agent's
+//! path exists), mounted read-only into the containers. The
 //! environment points OpenMPI at them: the hostfile (one line per node, its data-plane
 //! address and its vCPUs as slots), the agent, and the data subnet as the only interface
 //! for TCP traffic.

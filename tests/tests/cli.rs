@@ -56,21 +56,26 @@ fn unknown_cluster_is_reported_by_down_and_ssh() {
 }
 
 #[test]
-fn more_nodes_than_networks_support_is_refused_before_anything_starts() {
+fn platforms_other_than_local_vms_are_refused_before_anything_boots() {
     let env = BeeEnv::new();
     let dir = tempfile::tempdir().unwrap();
-    let config = write_config(dir.path(), "[cluster]\nname = \"three\"\nnodes = 3\n");
+    let config = write_config(
+        dir.path(),
+        "[cluster]\nname = \"far\"\nnodes = 1\n[[platform]]\nbackend = \"vm\"\n\
+         hosts = [\"h1\", \"h2\"]\n",
+    );
     let output = env.bee(&["up", config.to_str().unwrap()]);
     assert_eq!(output.status.code(), Some(1));
     assert!(
         stderr(&output).contains(
-            "a cluster of 3 nodes is not supported yet: the p2p-tree data-plane network is not \
-             built into this bee yet; use nodes = 1"
+            "bee: error: cannot start cluster far: starting 1 node(s): running VMs on other \
+             hosts (hosts = a list or \"slurm\") is not supported yet: use hosts = \"local\""
         ),
         "{}",
         stderr(&output)
     );
-    assert!(!env.state_dir().join("clusters/three").exists());
+    assert!(!env.state_dir().join("clusters/far").exists());
+    assert!(env.qemu_processes().is_empty());
 }
 
 #[test]
