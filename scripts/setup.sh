@@ -49,6 +49,6 @@ export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-${XDG_CACHE_HOME:-$HOME/.cache}/bee
 say "building bee (target directory $CARGO_TARGET_DIR)"
 cargo build --locked --bin bee
 
-say "building the guest image unless it is cached (about 5 minutes the first time)"
+say "building the guest image unless it is cached (a few minutes the first time)"
 as_root env BEE_CACHE_DIR="${BEE_CACHE_DIR:-${XDG_CACHE_HOME:-$HOME/.cache}/bee}" \
   "$CARGO_TARGET_DIR/debug/bee" image build

@@ -247,7 +247,7 @@ mod tests {
         let err = GuestImage::locate(dir.path(), &inputs()).unwrap_err().to_string();
         assert!(err.starts_with("no guest image in "), "{err}");
         assert!(
-            err.ends_with("run `bee image build` first (needs root, about 5 minutes)"),
+            err.ends_with("run `bee image build` first (needs root, a few minutes)"),
             "{err}"
         );
     }

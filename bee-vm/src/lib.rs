@@ -28,7 +28,7 @@ pub use image::{GuestImage, ImageInputs};
 #[non_exhaustive]
 pub enum VmError {
     /// No image has been built for the current inputs.
-    #[error("no guest image in {}: run `bee image build` first (needs root, about 5 minutes)",
+    #[error("no guest image in {}: run `bee image build` first (needs root, a few minutes)",
             dir.display())]
     NoImage {
         /// Where it was looked for.

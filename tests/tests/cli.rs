@@ -108,6 +108,6 @@ fn missing_guest_image_says_how_to_build_it() {
         cache.path().display()
     );
     assert!(err.starts_with(&expected), "{err}");
-    assert!(err.ends_with(": run `bee image build` first (needs root, about 5 minutes)"), "{err}");
+    assert!(err.ends_with(": run `bee image build` first (needs root, a few minutes)"), "{err}");
     assert!(!env.state_dir().join("clusters/noimage").exists());
 }

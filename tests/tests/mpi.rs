@@ -1,0 +1,151 @@
+//! Multi-node clusters: an MPI job in containers across three or four guests, on every
+//! combination of the paper's networks and storages, and a guest that dies mid-run.
+//! Needs the guest image, which `scripts/test.sh` builds when it is missing.
+
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::Duration;
+
+use bee_tests::{repo_root, stderr, stdout, wait_until, write_config, BeeEnv};
+
+/// A directory holding the mpi-pairs example's sources and a configuration for them.
+fn pairs_project(
+    name: &str,
+    nodes: u32,
+    network: &str,
+    storage: &str,
+    command: &str,
+) -> (tempfile::TempDir, PathBuf) {
+    let dir = tempfile::tempdir().unwrap();
+    for file in ["pairs.c", "Dockerfile"] {
+        std::fs::copy(repo_root().join("examples/mpi-pairs").join(file), dir.path().join(file))
+            .unwrap();
+    }
+    let config = write_config(
+        dir.path(),
+        &format!(
+            "[cluster]\nname = \"{name}\"\nnodes = {nodes}\n[network]\nmode = \"{network}\"\n\
+             [storage]\nmode = \"{storage}\"\noutput = \"out\"\n[application]\n\
+             dockerfile = \"Dockerfile\"\ntag = \"bee/mpi-pairs:latest\"\ncommand = {command}\n"
+        ),
+    );
+    (dir, config)
+}
+
+fn assert_no_cluster_left(env: &BeeEnv) {
+    assert_eq!(env.qemu_processes(), Vec::<u32>::new(), "qemu processes left behind");
+    let left: Vec<_> = std::fs::read_dir(env.state_dir().join("clusters"))
+        .map(|dir| dir.flatten().map(|e| e.path()).collect())
+        .unwrap_or_default();
+    assert_eq!(left, Vec::<PathBuf>::new(), "cluster directories left behind");
+}
+
+/// Runs the pairs program on `nodes` nodes and checks its output and result files.
+fn pairs_pass(name: &str, nodes: u32, network: &str, storage: &str) {
+    let env = BeeEnv::new();
+    let command = format!("[\"mpirun\", \"-np\", \"{nodes}\", \"/app/pairs\", \"/bee/shared\"]");
+    let (dir, config) = pairs_project(name, nodes, network, storage, &command);
+    let output = env.bee(&["run", config.to_str().unwrap()]);
+    let (out, err) = (stdout(&output), stderr(&output));
+    assert_eq!(output.status.code(), Some(0), "stdout:\n{out}\nstderr:\n{err}");
+    assert_eq!(
+        out,
+        format!("{nodes} ranks: every pair exchanged 65536 bytes: all payloads intact\n")
+    );
+    for rank in 0..nodes {
+        let file = dir.path().join(format!("out/rank-{rank}.txt"));
+        let text = std::fs::read_to_string(&file)
+            .unwrap_or_else(|e| panic!("{}: {e}\nstderr:\n{err}", file.display()));
+        assert_eq!(
+            text,
+            format!(
+                "rank {rank} of {nodes} on {name}-{rank}: {} peers checked, 0 bad\n",
+                nodes - 1
+            )
+        );
+    }
+    assert_no_cluster_left(&env);
+}
+
+#[test]
+fn multicast_with_virtio_9p() {
+    pairs_pass("mc-9p", 3, "multicast", "virtio-9p");
+}
+
+#[test]
+fn multicast_with_data_image_nfs() {
+    pairs_pass("mc-nfs", 3, "multicast", "data-image-nfs");
+}
+
+#[test]
+fn p2p_star_with_virtio_9p() {
+    pairs_pass("star-9p", 3, "p2p-star", "virtio-9p");
+}
+
+#[test]
+fn p2p_star_with_data_image_nfs() {
+    pairs_pass("star-nfs", 3, "p2p-star", "data-image-nfs");
+}
+
+#[test]
+fn p2p_tree_with_virtio_9p() {
+    pairs_pass("tree-9p", 3, "p2p-tree", "virtio-9p");
+}
+
+#[test]
+fn p2p_tree_with_data_image_nfs() {
+    pairs_pass("tree-nfs", 3, "p2p-tree", "data-image-nfs");
+}
+
+/// In a tree of four, node 3 hangs below node 1 and node 2 below the master: their
+/// messages cross three links and two bridges.
+#[test]
+fn p2p_tree_of_four_carries_messages_between_nodes_three_hops_apart() {
+    pairs_pass("tree4", 4, "p2p-tree", "virtio-9p");
+}
+
+#[test]
+fn a_guest_killed_mid_run_is_named_and_output_already_written_is_kept() {
+    let env = BeeEnv::new();
+    let command = "[\"sh\", \"-c\", \"hostname > /bee/shared/before-fault.txt && \
+                   mpirun -np 3 sleep 900\"]";
+    let (dir, config) = pairs_project("fault", 3, "p2p-star", "virtio-9p", command);
+    let child = env
+        .command(&["run", config.to_str().unwrap()])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let cluster = env.state_dir().join("clusters/fault");
+    wait_until("the job to write into the shared directory", Duration::from_secs(1200), || {
+        cluster.join("shared/before-fault.txt").is_file()
+    });
+    let pid = qemu_pid(&cluster, "fault-2");
+    let killed = std::process::Command::new("kill").args(["-9", &pid.to_string()]).status();
+    assert!(killed.unwrap().success());
+
+    let output = bee_tests::wait_with_timeout(child, Duration::from_secs(300), "bee run");
+    let err = stderr(&output);
+    assert_eq!(output.status.code(), Some(125), "{err}");
+    assert!(
+        err.contains(&format!("node fault-2 died: its qemu process (pid {pid}) is gone")),
+        "{err}"
+    );
+    let kept = std::fs::read_to_string(dir.path().join("out/before-fault.txt"));
+    assert_eq!(kept.unwrap_or_default(), "fault-0\n", "{err}");
+    assert_no_cluster_left(&env);
+}
+
+/// The PID of a node's QEMU, from the cluster record.
+fn qemu_pid(cluster: &Path, node: &str) -> u64 {
+    let text = std::fs::read_to_string(cluster.join("record.json")).unwrap();
+    let record: serde_json::Value = serde_json::from_str(&text).unwrap();
+    record["resources"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find_map(|r| {
+            (r["kind"] == "process" && r["node"] == node).then(|| r["pid"].as_u64()).flatten()
+        })
+        .unwrap_or_else(|| panic!("no qemu pid recorded for {node}"))
+}
