@@ -586,7 +586,8 @@ chroot "$ROOT" systemctl enable bee-init.service bee-ready.service >&2
 #    debugfs/tracefs/hugepages/configfs mounts: about 0.3 to 3 s of CPU each
 #    under TCG (one vCPU: all of it delays SSH and Docker) for hardware or
 #    features a node does not use
-#  - systemd-logind (2 s): nothing uses sessions (no libpam-systemd)
+#  - systemd-logind stays: it turns the ACPI power button into a clean poweroff,
+#    which is how bee stops a node gracefully (QMP system_powerdown)
 #  - systemd-sysusers (1 s, on the critical path at every first boot): the
 #    packages' postinst scripts created all system users at build time
 #  - systemd-journal-flush: the journal is volatile, nothing to flush
@@ -601,7 +602,7 @@ mask_units=(
     modprobe@dm_mod.service modprobe@loop.service modprobe@configfs.service
     sys-kernel-debug.mount sys-kernel-tracing.mount sys-kernel-config.mount
     dev-hugepages.mount
-    systemd-logind.service systemd-sysusers.service systemd-journal-flush.service
+    systemd-sysusers.service systemd-journal-flush.service
     systemd-pstore.service
     systemd-binfmt.service proc-sys-fs-binfmt_misc.automount proc-sys-fs-binfmt_misc.mount
 )

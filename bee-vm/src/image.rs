@@ -246,9 +246,6 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let err = GuestImage::locate(dir.path(), &inputs()).unwrap_err().to_string();
         assert!(err.starts_with("no guest image in "), "{err}");
-        assert!(
-            err.ends_with("run `bee image build` first (needs root, a few minutes)"),
-            "{err}"
-        );
+        assert!(err.ends_with("run `bee image build` first (needs root, a few minutes)"), "{err}");
     }
 }

@@ -75,6 +75,35 @@ impl BeeEnv {
     pub fn qemu_processes(&self) -> Vec<u32> {
         processes_mentioning(self.state.path())
     }
+
+    /// Asserts that no cluster of this environment left a QEMU or a directory behind.
+    pub fn assert_no_cluster_left(&self) {
+        assert_eq!(self.qemu_processes(), Vec::<u32>::new(), "qemu processes left behind");
+        let left: Vec<PathBuf> = std::fs::read_dir(self.state.path().join("clusters"))
+            .map(|dir| dir.flatten().map(|e| e.path()).collect())
+            .unwrap_or_default();
+        assert_eq!(left, Vec::<PathBuf>::new(), "cluster directories left behind");
+    }
+
+    /// Kills the QEMU of `node` of cluster `cluster` with SIGKILL, as a crash would, and
+    /// returns its PID.
+    pub fn kill_qemu(&self, cluster: &str, node: &str) -> u64 {
+        let file = self.state.path().join("clusters").join(cluster).join("record.json");
+        let text = std::fs::read_to_string(&file).expect("cluster record");
+        let record: serde_json::Value = serde_json::from_str(&text).expect("record parses");
+        let pid = record["resources"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .find_map(|r| {
+                let qemu = r["kind"] == "process" && r["node"] == node;
+                qemu.then(|| r["pid"].as_u64()).flatten()
+            })
+            .unwrap_or_else(|| panic!("no qemu pid recorded for {node}"));
+        let killed = Command::new("kill").args(["-9", &pid.to_string()]).status();
+        assert!(killed.is_ok_and(|s| s.success()), "kill -9 {pid} failed");
+        pid
+    }
 }
 
 impl Drop for BeeEnv {

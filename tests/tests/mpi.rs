@@ -2,7 +2,7 @@
 //! combination of the paper's networks and storages, and a guest that dies mid-run.
 //! Needs the guest image, which `scripts/test.sh` builds when it is missing.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::Stdio;
 use std::time::Duration;
 
@@ -32,14 +32,6 @@ fn pairs_project(
     (dir, config)
 }
 
-fn assert_no_cluster_left(env: &BeeEnv) {
-    assert_eq!(env.qemu_processes(), Vec::<u32>::new(), "qemu processes left behind");
-    let left: Vec<_> = std::fs::read_dir(env.state_dir().join("clusters"))
-        .map(|dir| dir.flatten().map(|e| e.path()).collect())
-        .unwrap_or_default();
-    assert_eq!(left, Vec::<PathBuf>::new(), "cluster directories left behind");
-}
-
 /// Runs the pairs program on `nodes` nodes and checks its output and result files.
 fn pairs_pass(name: &str, nodes: u32, network: &str, storage: &str) {
     let env = BeeEnv::new();
@@ -64,7 +56,7 @@ fn pairs_pass(name: &str, nodes: u32, network: &str, storage: &str) {
             )
         );
     }
-    assert_no_cluster_left(&env);
+    env.assert_no_cluster_left();
 }
 
 #[test]
@@ -120,9 +112,7 @@ fn a_guest_killed_mid_run_is_named_and_output_already_written_is_kept() {
     wait_until("the job to write into the shared directory", Duration::from_secs(1200), || {
         cluster.join("shared/before-fault.txt").is_file()
     });
-    let pid = qemu_pid(&cluster, "fault-2");
-    let killed = std::process::Command::new("kill").args(["-9", &pid.to_string()]).status();
-    assert!(killed.unwrap().success());
+    let pid = env.kill_qemu("fault", "fault-2");
 
     let output = bee_tests::wait_with_timeout(child, Duration::from_secs(300), "bee run");
     let err = stderr(&output);
@@ -133,19 +123,5 @@ fn a_guest_killed_mid_run_is_named_and_output_already_written_is_kept() {
     );
     let kept = std::fs::read_to_string(dir.path().join("out/before-fault.txt"));
     assert_eq!(kept.unwrap_or_default(), "fault-0\n", "{err}");
-    assert_no_cluster_left(&env);
-}
-
-/// The PID of a node's QEMU, from the cluster record.
-fn qemu_pid(cluster: &Path, node: &str) -> u64 {
-    let text = std::fs::read_to_string(cluster.join("record.json")).unwrap();
-    let record: serde_json::Value = serde_json::from_str(&text).unwrap();
-    record["resources"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find_map(|r| {
-            (r["kind"] == "process" && r["node"] == node).then(|| r["pid"].as_u64()).flatten()
-        })
-        .unwrap_or_else(|| panic!("no qemu pid recorded for {node}"))
+    env.assert_no_cluster_left();
 }

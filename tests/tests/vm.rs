@@ -10,11 +10,7 @@ use bee_tests::{port_in_use, repo_root, stderr, stdout, wait_until, write_config
 /// Asserts that nothing of the environment's clusters is left: no QEMU, no record, and
 /// none of the given ports listening.
 fn assert_clean(env: &BeeEnv, ports: &[u16]) {
-    assert_eq!(env.qemu_processes(), Vec::<u32>::new(), "qemu processes left behind");
-    let clusters: Vec<_> = std::fs::read_dir(env.state_dir().join("clusters"))
-        .map(|dir| dir.flatten().map(|e| e.path()).collect())
-        .unwrap_or_default();
-    assert_eq!(clusters, Vec::<std::path::PathBuf>::new(), "cluster directories left behind");
+    env.assert_no_cluster_left();
     for port in ports {
         assert!(!port_in_use(*port), "port {port} still listening");
     }
@@ -113,16 +109,7 @@ fn killing_qemu_during_a_run_names_the_node_and_tears_down() {
     wait_until("the run to start", Duration::from_secs(900), || {
         std::fs::read_to_string(&record).is_ok_and(|text| text.contains("\"phase\": \"running\""))
     });
-    let text = std::fs::read_to_string(&record).unwrap();
-    let record: serde_json::Value = serde_json::from_str(&text).unwrap();
-    let pid = record["resources"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find_map(|r| (r["kind"] == "process").then(|| r["pid"].as_u64()).flatten())
-        .expect("qemu pid recorded");
-    let status = std::process::Command::new("kill").args(["-9", &pid.to_string()]).status();
-    assert!(status.unwrap().success());
+    let pid = env.kill_qemu("victim", "victim-0");
 
     let output = bee_tests::wait_with_timeout(child, Duration::from_secs(300), "bee run");
     let err = stderr(&output);
