@@ -29,19 +29,32 @@ if [ "$with_tests" = 1 ]; then
   needs+=(docker-registry:docker-registry skopeo:skopeo busybox:busybox-static)
 fi
 
-missing=()
-for pair in "${needs[@]}"; do
-  program=${pair%%:*}
-  package=${pair#*:}
-  if ! command -v "$program" >/dev/null 2>&1 && [ ! -x "/usr/sbin/$program" ] && [ ! -x "/sbin/$program" ]; then
-    missing+=("$package")
-  fi
-done
-if [ "${#missing[@]}" -gt 0 ]; then
-  mapfile -t missing < <(printf '%s\n' "${missing[@]}" | sort -u)
+# Prints the packages whose programs are missing, one a line.
+missing_packages() {
+  local pair program
+  for pair in "${needs[@]}"; do
+    program=${pair%%:*}
+    if ! command -v "$program" >/dev/null 2>&1 && [ ! -x "/usr/sbin/$program" ] \
+      && [ ! -x "/sbin/$program" ]; then
+      printf '%s\n' "${pair#*:}"
+    fi
+  done | sort -u
+}
+
+# Installing one package can remove another's program (Debian's qemu-system-x86 replaces a
+# backported qemu-utils without installing its own), so look again after each install.
+for round in 1 2; do
+  mapfile -t missing < <(missing_packages)
+  [ "${#missing[@]}" -eq 0 ] && break
   say "installing Debian packages: ${missing[*]}"
-  as_root apt-get update -qq
-  as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >&2
+  [ "$round" = 1 ] && as_root apt-get update -qq
+  as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
+    "${missing[@]}" >&2
+done
+mapfile -t missing < <(missing_packages)
+if [ "${#missing[@]}" -gt 0 ]; then
+  say "error: still missing after installing: ${missing[*]}; install them with apt-get"
+  exit 1
 fi
 
 # Builds go to a target directory outside the clone, so a fresh clone reuses earlier work.
