@@ -12,7 +12,14 @@ echo "test: cargo fmt --check" >&2
 cargo fmt --all -- --check
 echo "test: cargo clippy" >&2
 cargo clippy --locked --workspace --all-targets -- -D warnings
-echo "test: cargo test" >&2
-# Real-guest tests boot one guest each; three at a time keep two cores busy without
-# starving any guest of its boot deadline.
-cargo test --locked --workspace -- --test-threads 3
+echo "test: unit tests" >&2
+cargo test --locked --workspace --exclude bee-tests
+echo "test: failure paths of the bee command" >&2
+cargo test --locked -p bee-tests --lib --test cli
+# Real guests under software emulation: two cores carry about four guests before boots
+# slow down past bee's own deadlines, so single-guest tests run three at a time and
+# multi-node clusters one at a time.
+echo "test: single-guest tests" >&2
+cargo test --locked -p bee-tests --test vm -- --test-threads 3
+echo "test: multi-node clusters" >&2
+cargo test --locked -p bee-tests --test mpi --test checkpoint -- --test-threads 1

@@ -14,9 +14,12 @@ use anyhow::{anyhow, Context, Result};
 use bee_core::cluster::{self, ClusterBuilder};
 use bee_core::config::StorageMode;
 use bee_core::docker::OutputStream;
+use bee_core::events::Events;
+use bee_core::orchestrator::{Orchestrator, Platforms, RunOutcome};
 use bee_core::record::RecordStore;
+use bee_core::runs::RunStore;
 use bee_core::traits::{Backend, Storage};
-use bee_core::{paths, Config};
+use bee_core::{paths, Config, CoreError};
 use bee_vm::{GuestImage, ImageInputs, VmBackend};
 use clap::{Parser, Subcommand};
 
@@ -25,6 +28,10 @@ use crate::progress::Progress;
 /// Exit code of `bee run` when bee itself failed, so that it is not confused with the
 /// application's own codes.
 const EXIT_BEE_FAILED: u8 = 125;
+
+/// Exit code of `bee run` and `bee resume` when the application was checkpointed and no
+/// platform is left: not done, try again later (sysexits' `EX_TEMPFAIL`).
+const EXIT_WAITING: u8 = 75;
 
 /// Run one container image unmodified on a laptop, an HPC allocation or a cloud.
 #[derive(Debug, Parser)]
@@ -54,7 +61,18 @@ enum Commands {
         /// The configuration file.
         config: PathBuf,
     },
-    /// List clusters with their nodes and phase.
+    /// Continue a run from its last completed step: after a crash of bee, or a checkpoint
+    /// that found no platform left.
+    Resume {
+        /// The run's name (its cluster.name).
+        run: String,
+    },
+    /// Delete a run that has not completed, its checkpoint and any cluster it left.
+    Discard {
+        /// The run's name.
+        run: String,
+    },
+    /// List runs and clusters, with their phase and nodes.
     Status {
         /// Print JSON (schema version 1) instead of a table.
         #[arg(long)]
@@ -99,7 +117,7 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    let is_run = matches!(cli.command, Commands::Run { .. });
+    let is_run = matches!(cli.command, Commands::Run { .. } | Commands::Resume { .. });
     match runtime.block_on(dispatch(cli.command)) {
         Ok(code) => code,
         Err(err) => {
@@ -147,6 +165,8 @@ async fn dispatch(command: Commands) -> Result<ExitCode> {
         Commands::Image { command: ImageCommand::Show } => image_show(),
         Commands::Up { config } => up(&config).await,
         Commands::Run { config } => run(&config).await,
+        Commands::Resume { run } => resume(&run).await,
+        Commands::Discard { run } => discard(&run).await,
         Commands::Status { json } => status(json).await,
         Commands::Ssh { cluster, node, command } => ssh(&cluster, node.as_deref(), &command),
         Commands::Down { cluster } => down(&cluster).await,
@@ -175,8 +195,8 @@ fn image_show() -> Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-/// The cluster builder for `config`: the VM backend, the network of `[network]` when
-/// there is more than one node, and the storage of `[storage]`.
+/// The cluster builder for `config`'s first platform: the VM backend, the network of
+/// `[network]` when there is more than one node, and the storage of `[storage]`.
 fn builder(config: &Config) -> ClusterBuilder {
     let backend = Arc::new(VmBackend::from_cache(paths::cache_dir(), ImageInputs::from_env()));
     let mut builder = ClusterBuilder::new(backend, paths::clusters_dir());
@@ -187,6 +207,31 @@ fn builder(config: &Config) -> ClusterBuilder {
         builder = builder.storage(bee_storage::for_mode(spec.mode));
     }
     builder
+}
+
+/// The platforms of this bee, for the orchestrator: every `[[platform]]` entry is the VM
+/// backend, which refuses hosts other than this machine when it starts the nodes.
+struct CliPlatforms;
+
+impl Platforms for CliPlatforms {
+    fn builder(&self, config: &Config, _index: usize) -> Result<ClusterBuilder, CoreError> {
+        Ok(builder(config))
+    }
+
+    fn recorded(
+        &self,
+        store: &RecordStore,
+    ) -> Result<(Arc<dyn Backend>, Option<Box<dyn Storage>>), CoreError> {
+        let backend = recorded_backend(store).map_err(|e| CoreError::Unsupported {
+            what: format!("tearing down cluster {}", store.record().name),
+            instead: e.to_string(),
+        })?;
+        let storage = recorded_storage(store).map_err(|e| CoreError::Unsupported {
+            what: format!("collecting cluster {}", store.record().name),
+            instead: e.to_string(),
+        })?;
+        Ok((backend, storage))
+    }
 }
 
 /// The storage of a recorded cluster, for collecting its results at teardown.
@@ -230,41 +275,74 @@ async fn up(config_path: &Path) -> Result<ExitCode> {
 
 async fn run(config_path: &Path) -> Result<ExitCode> {
     let config = Config::load(config_path)?;
-    let app = config.application.clone().ok_or_else(|| {
-        anyhow!(
+    if config.application.is_none() {
+        return Err(anyhow!(
             "{}: [application] is missing: `bee run` needs an image and a command \
              (`bee up` starts a cluster without one)",
             config_path.display()
-        )
-    })?;
+        ));
+    }
     let progress = Progress::new();
-    let mut cluster = builder(&config)
-        .up(&config, &progress)
-        .await
-        .with_context(|| format!("cannot start cluster {}", config.name))?;
-
-    let mut write_output = |stream: OutputStream, bytes: &[u8]| {
-        let _ = match stream {
-            OutputStream::Stdout => std::io::stdout().write_all(bytes),
-            OutputStream::Stderr => std::io::stderr().write_all(bytes),
-        };
-    };
+    let orchestrator =
+        Orchestrator::new(&CliPlatforms, &paths::state_dir(), paths::clusters_dir(), &progress)?;
+    let name = config.name.clone();
+    let mut output = write_output;
     let outcome = tokio::select! {
-        outcome = async {
-            cluster.deliver(&app, &progress).await?;
-            progress.message(&format!("running {} on {}", app.image, cluster.name()));
-            cluster.run(&app, &mut write_output).await
-        } => Some(outcome),
+        outcome = orchestrator.start(&config, &mut output) => Some(outcome),
         _ = tokio::signal::ctrl_c() => None,
     };
-    let down = cluster.down(&progress).await;
-    let code = match outcome {
-        None => return Err(anyhow!("interrupted; the cluster was torn down")),
-        Some(outcome) => outcome.context("the run failed; the cluster was torn down")?,
+    finish_run(&orchestrator, &name, outcome, &progress).await
+}
+
+async fn resume(name: &str) -> Result<ExitCode> {
+    let progress = Progress::new();
+    let orchestrator =
+        Orchestrator::new(&CliPlatforms, &paths::state_dir(), paths::clusters_dir(), &progress)?;
+    let mut output = write_output;
+    let outcome = tokio::select! {
+        outcome = orchestrator.resume(name, &mut output) => Some(outcome),
+        _ = tokio::signal::ctrl_c() => None,
     };
-    down.context("the run ended but teardown failed: `bee down` retries it")?;
-    progress.message(&format!("application exited with code {code}"));
-    Ok(ExitCode::from(u8::try_from(code.clamp(0, 255)).unwrap_or(255)))
+    finish_run(&orchestrator, name, outcome, &progress).await
+}
+
+/// Turns a run's outcome into bee's exit code: the application's own when it completed,
+/// [`EXIT_WAITING`] when its checkpoint waits for a platform. `None` means interrupted.
+async fn finish_run(
+    orchestrator: &Orchestrator<'_>,
+    name: &str,
+    outcome: Option<Result<RunOutcome, CoreError>>,
+    progress: &Progress,
+) -> Result<ExitCode> {
+    match outcome {
+        None => {
+            orchestrator.interrupted(name).await?;
+            Err(anyhow!("interrupted; the cluster was torn down: `bee resume {name}` continues"))
+        }
+        Some(Err(err)) => Err(err.into()),
+        Some(Ok(RunOutcome::Waiting { .. })) => Ok(ExitCode::from(EXIT_WAITING)),
+        Some(Ok(RunOutcome::Completed(code))) => {
+            progress.message(&format!("application exited with code {code}"));
+            Ok(ExitCode::from(u8::try_from(code.clamp(0, 255)).unwrap_or(255)))
+        }
+    }
+}
+
+/// Passes the application's output through as it comes.
+fn write_output(stream: OutputStream, bytes: &[u8]) {
+    let _ = match stream {
+        OutputStream::Stdout => std::io::stdout().write_all(bytes),
+        OutputStream::Stderr => std::io::stderr().write_all(bytes),
+    };
+}
+
+async fn discard(name: &str) -> Result<ExitCode> {
+    let progress = Progress::new();
+    let orchestrator =
+        Orchestrator::new(&CliPlatforms, &paths::state_dir(), paths::clusters_dir(), &progress)?;
+    orchestrator.discard(name).await?;
+    progress.message(&format!("run {name} and its checkpoint are deleted"));
+    Ok(ExitCode::SUCCESS)
 }
 
 async fn status(json: bool) -> Result<ExitCode> {
@@ -301,10 +379,21 @@ async fn status(json: bool) -> Result<ExitCode> {
             "nodes": nodes,
         }));
     }
+    let runs = RunStore::open(&paths::state_dir())?.list()?;
     if json {
-        let report = serde_json::json!({ "version": 1, "clusters": clusters });
+        let report = serde_json::json!({ "version": 1, "clusters": clusters, "runs": runs });
         println!("{}", serde_json::to_string_pretty(&report)?);
         return Ok(ExitCode::SUCCESS);
+    }
+    for run in &runs {
+        println!(
+            "run {}  phase={}  platform={}  checkpoints={}  {}",
+            run.name,
+            run.phase.name(),
+            run.platform,
+            run.checkpoints,
+            run.detail
+        );
     }
     if clusters.is_empty() {
         println!("no clusters");

@@ -19,14 +19,6 @@ impl Progress {
     pub fn new() -> Progress {
         Progress { terminal: std::io::stderr().is_terminal(), current: Mutex::new(None) }
     }
-
-    /// Prints a line for the user, above any spinner.
-    pub fn message(&self, line: &str) {
-        match self.current.lock().ok().and_then(|bar| bar.clone()) {
-            Some(bar) => bar.println(format!("bee: {line}")),
-            None => eprintln!("bee: {line}"),
-        }
-    }
 }
 
 impl Events for Progress {
@@ -62,6 +54,10 @@ impl Events for Progress {
                 }
                 eprintln!("{line}");
             }
+            Event::Message { line } => match current.as_ref() {
+                Some(bar) => bar.println(format!("bee: {line}")),
+                None => eprintln!("bee: {line}"),
+            },
             Event::Warning { message } => match current.as_ref() {
                 Some(bar) => bar.println(format!("bee: warning: {message}")),
                 None => eprintln!("bee: warning: {message}"),

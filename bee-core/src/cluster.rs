@@ -31,6 +31,26 @@ pub const DOCKER_TIMEOUT: Duration = Duration::from_secs(300);
 /// How often a running application's nodes are checked.
 const HEALTH_INTERVAL: Duration = Duration::from_secs(2);
 
+/// When and how to checkpoint a running application.
+#[derive(Debug, Clone)]
+pub struct CheckpointAt {
+    /// When to run the checkpoint command.
+    pub at: tokio::time::Instant,
+    /// The command, run in the master's container.
+    pub command: Vec<String>,
+    /// How long the application may take to exit after it.
+    pub timeout: Duration,
+}
+
+/// How a run on one cluster ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RunEnd {
+    /// The application exited by itself with this code.
+    Exited(i64),
+    /// The application saved its state after the checkpoint command and exited 0.
+    Checkpointed,
+}
+
 /// Composes the parts of a cluster.
 pub struct ClusterBuilder {
     backend: Arc<dyn Backend>,
@@ -313,6 +333,22 @@ impl Cluster {
         app: &Application,
         output: &mut (dyn FnMut(OutputStream, &[u8]) + Send),
     ) -> Result<i64, CoreError> {
+        match self.run_until(app, output, None, &mut || {}).await? {
+            RunEnd::Exited(code) => Ok(code),
+            RunEnd::Checkpointed => unreachable_checkpoint(),
+        }
+    }
+
+    /// Like [`Cluster::run`], but when `checkpoint` is given and the application still
+    /// runs at its time, runs its command in the master's container, calls
+    /// `on_checkpoint`, and waits for the application to save its state and exit 0.
+    pub async fn run_until(
+        &mut self,
+        app: &Application,
+        output: &mut (dyn FnMut(OutputStream, &[u8]) + Send),
+        checkpoint: Option<&CheckpointAt>,
+        on_checkpoint: &mut (dyn FnMut() + Send),
+    ) -> Result<RunEnd, CoreError> {
         let master = self.dockers.first().cloned().ok_or_else(|| CoreError::Backend {
             backend: self.backend.name(),
             detail: "the cluster has no nodes".to_string(),
@@ -334,13 +370,33 @@ impl Cluster {
             let run = master.run(&container, app, &extras, output);
             tokio::pin!(run);
             let mut ticker = tokio::time::interval(HEALTH_INTERVAL);
+            let far = tokio::time::Instant::now() + Duration::from_secs(100 * 365 * 86400);
+            let checkpoint_at = checkpoint.map(|c| c.at).unwrap_or(far);
+            let mut exit_by: Option<tokio::time::Instant> = None;
             loop {
                 tokio::select! {
-                    result = &mut run => break result,
+                    result = &mut run => break result.map(|code| (code, exit_by.is_some())),
                     _ = ticker.tick() => {
                         if let Err(err) = self.check_all_alive().await {
                             break Err(err);
                         }
+                    }
+                    _ = tokio::time::sleep_until(checkpoint_at), if exit_by.is_none() => {
+                        let Some(checkpoint) = checkpoint else { continue };
+                        if let Err(err) = request_checkpoint(&master, &container, checkpoint).await {
+                            break Err(err);
+                        }
+                        on_checkpoint();
+                        exit_by = Some(tokio::time::Instant::now() + checkpoint.timeout);
+                    }
+                    _ = tokio::time::sleep_until(exit_by.unwrap_or(far)), if exit_by.is_some() => {
+                        break Err(CoreError::Timeout {
+                            node: master.node().to_string(),
+                            awaited: "the application to save its state and exit after its \
+                                      checkpoint command (checkpoint.timeout)"
+                                .to_string(),
+                            timeout: checkpoint.map(|c| c.timeout).unwrap_or_default(),
+                        });
                     }
                 }
             }
@@ -348,7 +404,18 @@ impl Cluster {
         let result = match result {
             // A broken connection usually means the node went away: say which one.
             Err(err) => Err(self.check_all_alive().await.err().unwrap_or(err)),
-            ok => ok,
+            Ok((code, true)) if code != 0 => Err(CoreError::Step {
+                step: "checkpointing the application".to_string(),
+                source: Box::new(CoreError::Docker {
+                    node: master.node().to_string(),
+                    detail: format!(
+                        "the application exited with code {code} after its checkpoint command, \
+                         so its saved state is not trusted"
+                    ),
+                }),
+            }),
+            Ok((_, true)) => Ok(RunEnd::Checkpointed),
+            Ok((code, false)) => Ok(RunEnd::Exited(code)),
         };
         if result.is_ok() {
             for worker in &self.dockers[1..] {
@@ -358,6 +425,17 @@ impl Cluster {
         let phase = if result.is_ok() { Phase::Ready } else { Phase::Failed };
         self.store.update(|r| r.phase = phase)?;
         result
+    }
+
+    /// Sets where teardown collects the shared directory to, for a run that decides only
+    /// at its end whether the data is a checkpoint or a result.
+    /// `None` collects nothing.
+    pub fn collect_into(&mut self, output: Option<PathBuf>) -> Result<(), CoreError> {
+        self.store.update(|r| {
+            if let Some(storage) = r.storage.as_mut() {
+                storage.output = output;
+            }
+        })
     }
 
     /// Writes the hostfile, the rsh agent and the keys of [`crate::mpi`] on every node.
@@ -501,6 +579,33 @@ async fn deliver_to_node(
         }
     }
     Ok(())
+}
+
+/// Runs the checkpoint command in the master's container; a command that fails is an
+/// error, since the application was then not told to save its state.
+async fn request_checkpoint(
+    master: &NodeDocker,
+    container: &str,
+    checkpoint: &CheckpointAt,
+) -> Result<(), CoreError> {
+    let what = "running the checkpoint command".to_string();
+    let (code, output) = step(&what, master.exec(container, &checkpoint.command).await)?;
+    if code != 0 {
+        return Err(CoreError::Step {
+            step: what,
+            source: Box::new(CoreError::Docker {
+                node: master.node().to_string(),
+                detail: format!("{:?} exited with code {code}: {output}", checkpoint.command),
+            }),
+        });
+    }
+    tracing::info!(node = %master.node(), "checkpoint command sent");
+    Ok(())
+}
+
+/// [`Cluster::run`] passes no checkpoint, so its run cannot end in one.
+fn unreachable_checkpoint() -> Result<i64, CoreError> {
+    Err(CoreError::Backend { backend: "core", detail: "checkpointed without a request".into() })
 }
 
 /// Finds `count` distinct free TCP ports on 127.0.0.1. They are free when found; a

@@ -32,6 +32,11 @@ pub const DEFAULT_MEMORY_MIB: u64 = 1024;
 pub const DEFAULT_SUBNET: &str = "192.168.100.0/24";
 /// Longest cluster name, so that derived paths and socket names stay short.
 pub const MAX_NAME_LEN: usize = 32;
+/// Default time the application has, after its checkpoint command, to save its state
+/// and exit.
+pub const DEFAULT_CHECKPOINT_TIMEOUT: Duration = Duration::from_secs(300);
+/// Default time before the end of a time slot at which the checkpoint begins.
+pub const DEFAULT_CHECKPOINT_MARGIN: Duration = Duration::from_secs(60);
 
 /// A configuration that could not be read or is not valid.
 #[derive(Debug, thiserror::Error)]
@@ -93,6 +98,8 @@ pub struct RawConfig {
     pub storage: Option<RawStorage>,
     /// `[application]`: the containerized application.
     pub application: Option<RawApplication>,
+    /// `[checkpoint]`: how the application saves and restores its state.
+    pub checkpoint: Option<RawCheckpoint>,
     /// `[[platform]]`: where to run, highest priority first.
     #[serde(default)]
     pub platform: Vec<RawPlatform>,
@@ -165,6 +172,21 @@ pub struct RawApplication {
     pub workdir: Option<String>,
 }
 
+/// `[checkpoint]` as written.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawCheckpoint {
+    /// Run in the master's container to make the application save its state and exit: a
+    /// shell command line, or a program and its arguments.
+    pub command: Option<toml::Value>,
+    /// The command that continues from a saved state; the application's own by default.
+    pub restore: Option<Vec<String>>,
+    /// How long the application may take to exit after `command`, such as `"5m"`.
+    pub timeout: Option<String>,
+    /// How long before the end of a time slot to checkpoint, such as `"1m"`.
+    pub margin: Option<String>,
+}
+
 /// One `[[platform]]` entry as written.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -194,8 +216,24 @@ pub struct Config {
     pub storage: Option<StorageSpec>,
     /// The application, if the file describes one (`bee up` needs none).
     pub application: Option<Application>,
+    /// How the application checkpoints, if it can.
+    pub checkpoint: Option<Checkpoint>,
     /// Platforms in priority order, highest first; never empty.
     pub platforms: Vec<Platform>,
+}
+
+/// How the application saves its state into the shared directory and continues from it
+/// (Algorithm 1's data checkpoint).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Checkpoint {
+    /// Run in the master's container; the application then saves its state and exits 0.
+    pub command: Vec<String>,
+    /// Starts the application from the saved state on the next platform.
+    pub restore: Vec<String>,
+    /// How long the application may take to exit after `command`.
+    pub timeout: Duration,
+    /// How long before the end of a time slot the checkpoint begins.
+    pub margin: Duration,
 }
 
 /// Per-node hardware (the paper's uconf).
@@ -383,6 +421,22 @@ pub struct Platform {
     pub time_slot: Option<Duration>,
 }
 
+impl Platform {
+    /// The platform in words, such as `vm on local, time slot 20m`.
+    pub fn describe(&self) -> String {
+        let hosts = match &self.hosts {
+            Hosts::Local => "local".to_string(),
+            Hosts::Slurm => "slurm".to_string(),
+            Hosts::List(names) => names.join(", "),
+        };
+        let mut text = format!("{} on {hosts}", self.backend.name());
+        if let Some(slot) = self.time_slot {
+            text.push_str(&format!(", time slot {}", format_duration(slot)));
+        }
+        text
+    }
+}
+
 impl Config {
     /// Reads and validates a configuration file.
     pub fn load(file: &Path) -> Result<Config, ConfigError> {
@@ -407,7 +461,7 @@ impl RawConfig {
     /// Checks every value and resolves relative paths against the file's directory.
     pub fn validate(&self, file: &Path) -> Result<Config, ConfigError> {
         let check = Checker { file, base: file.parent().unwrap_or(Path::new(".")) };
-        Ok(Config {
+        let config = Config {
             file: file.to_path_buf(),
             name: check.name(self.cluster.name.as_deref())?,
             nodes: check.nodes(self.cluster.nodes)?,
@@ -415,8 +469,13 @@ impl RawConfig {
             network: check.network(&self.network)?,
             storage: self.storage.as_ref().map(|s| check.storage(s)).transpose()?,
             application: self.application.as_ref().map(|a| check.application(a)).transpose()?,
+            checkpoint: None,
             platforms: check.platforms(&self.platform)?,
-        })
+        };
+        let checkpoint =
+            self.checkpoint.as_ref().map(|c| check.checkpoint(c, &config)).transpose()?;
+        check.time_slots(&config.platforms, checkpoint.as_ref())?;
+        Ok(Config { checkpoint, ..config })
     }
 }
 
@@ -714,20 +773,122 @@ impl Checker<'_> {
             }
             Some(other) => return Err(self.invalid(&key("hosts"), other, hosts_accepted)),
         };
-        let time_slot = match raw.time_slot.as_deref() {
-            None => None,
+        let time_slot = self.duration(&key("time_slot"), raw.time_slot.as_deref())?;
+        Ok(Platform { backend, hosts, time_slot })
+    }
+
+    fn checkpoint(&self, raw: &RawCheckpoint, config: &Config) -> Result<Checkpoint, ConfigError> {
+        let app = config.application.as_ref().ok_or_else(|| {
+            self.section("checkpoint", "there is no [application] to checkpoint: add one")
+        })?;
+        if config.storage.is_none() {
+            return Err(self.section(
+                "checkpoint",
+                "checkpoints need [storage]: the application saves its state into the shared \
+                 directory, which bee moves to the next platform; add [storage] with mode = \
+                 \"virtio-9p\" or \"data-image-nfs\"",
+            ));
+        }
+        let accepted = "expected a shell command line such as \"touch /bee/shared/stop\", or \
+                        a program and its arguments such as [\"kill\", \"-USR1\", \"1\"]";
+        let command = match &raw.command {
+            None => {
+                return Err(self.section(
+                    "checkpoint",
+                    "no command given: add command = \"...\", run in the master's container \
+                     to make the application save its state into /bee/shared and exit",
+                ))
+            }
+            Some(toml::Value::String(line)) if !line.trim().is_empty() => {
+                vec!["sh".to_string(), "-c".to_string(), line.clone()]
+            }
+            Some(value @ toml::Value::Array(items)) if !items.is_empty() => {
+                let words: Option<Vec<String>> = items
+                    .iter()
+                    .map(|item| item.as_str().filter(|s| !s.is_empty()).map(str::to_string))
+                    .collect();
+                words.ok_or_else(|| self.invalid("checkpoint.command", value, accepted))?
+            }
+            Some(other) => return Err(self.invalid("checkpoint.command", other, accepted)),
+        };
+        let restore = match &raw.restore {
+            None if app.command.is_empty() => {
+                return Err(self.section(
+                    "checkpoint",
+                    "no restore command given and [application] has no command: add restore = \
+                     [...], the command that continues from the saved state",
+                ))
+            }
+            None => app.command.clone(),
+            Some(restore) if restore.is_empty() || restore[0].is_empty() => {
+                return Err(self.invalid(
+                    "checkpoint.restore",
+                    "[]",
+                    "expected a program and its arguments, such as [\"/app/ring\", \
+                     \"--restart\"]",
+                ))
+            }
+            Some(restore) => restore.clone(),
+        };
+        let timeout = self.duration("checkpoint.timeout", raw.timeout.as_deref())?;
+        let margin = self.duration("checkpoint.margin", raw.margin.as_deref())?;
+        Ok(Checkpoint {
+            command,
+            restore,
+            timeout: timeout.unwrap_or(DEFAULT_CHECKPOINT_TIMEOUT),
+            margin: margin.unwrap_or(DEFAULT_CHECKPOINT_MARGIN),
+        })
+    }
+
+    /// A positive duration, or `None` when the key is absent.
+    fn duration(&self, key: &str, text: Option<&str>) -> Result<Option<Duration>, ConfigError> {
+        match text {
+            None => Ok(None),
             Some(text) => match parse_duration(text) {
-                Some(slot) if !slot.is_zero() => Some(slot),
-                _ => {
+                Some(value) if !value.is_zero() => Ok(Some(value)),
+                _ => Err(self.invalid(
+                    key,
+                    quoted(text),
+                    "expected a positive duration such as \"90s\", \"20m\" or \"2h\"",
+                )),
+            },
+        }
+    }
+
+    /// A time slot ends in a checkpoint, so it needs one, and must outlast its margin.
+    fn time_slots(
+        &self,
+        platforms: &[Platform],
+        checkpoint: Option<&Checkpoint>,
+    ) -> Result<(), ConfigError> {
+        for (index, platform) in platforms.iter().enumerate() {
+            let Some(slot) = platform.time_slot else { continue };
+            let key = format!("platform[{index}].time_slot");
+            let value = quoted(&format_duration(slot));
+            match checkpoint {
+                None => {
                     return Err(self.invalid(
-                        &key("time_slot"),
-                        quoted(text),
-                        "expected a positive duration such as \"90s\", \"20m\" or \"2h\"",
+                        &key,
+                        value,
+                        "a time slot needs [checkpoint], so that the application can save its \
+                         state before the slot ends: add [checkpoint], or remove time_slot",
                     ))
                 }
-            },
-        };
-        Ok(Platform { backend, hosts, time_slot })
+                Some(checkpoint) if slot <= checkpoint.margin => {
+                    return Err(self.invalid(
+                        &key,
+                        value,
+                        &format!(
+                            "expected more than checkpoint.margin ({}), which is when the \
+                             checkpoint begins before the slot ends",
+                            format_duration(checkpoint.margin)
+                        ),
+                    ))
+                }
+                Some(_) => {}
+            }
+        }
+        Ok(())
     }
 
     fn resolve(&self, path: &str) -> PathBuf {
@@ -813,6 +974,22 @@ pub fn parse_duration(text: &str) -> Option<Duration> {
     Some(Duration::from_secs(total))
 }
 
+/// Writes a duration the way [`parse_duration`] reads it, such as `1h30m` or `45s`.
+pub fn format_duration(duration: Duration) -> String {
+    let mut rest = duration.as_secs();
+    if rest == 0 {
+        return "0s".to_string();
+    }
+    let mut text = String::new();
+    for (unit, seconds) in [("d", 86400), ("h", 3600), ("m", 60), ("s", 1)] {
+        if rest >= seconds {
+            text.push_str(&format!("{}{unit}", rest / seconds));
+            rest %= seconds;
+        }
+    }
+    text
+}
+
 fn parse_subnet(text: &str) -> Option<(Ipv4Addr, u8)> {
     let (addr, prefix) = text.split_once('/')?;
     let addr: Ipv4Addr = addr.parse().ok()?;
@@ -878,6 +1055,8 @@ mod tests {
             "[cluster]\nname = \"ring\"\nnodes = 3\n[hardware]\ncpus = 2\nmemory = \"2GiB\"\n\
              [network]\nmode = \"multicast\"\nsubnet = \"10.9.0.0/16\"\n{APP}\
              command = [\"echo\", \"hi\"]\nenv = {{ A_B = \"1\" }}\nworkdir = \"/app\"\n\
+             [storage]\nmode = \"virtio-9p\"\n[checkpoint]\ncommand = \"touch /bee/shared/stop\"\n\
+             margin = \"30s\"\n\
              [[platform]]\nbackend = \"vm\"\nhosts = [\"h1\", \"h2\"]\ntime_slot = \"1h30m\"\n"
         );
         let config = validate(&text).unwrap();
@@ -887,6 +1066,15 @@ mod tests {
         let app = config.application.unwrap();
         assert_eq!(app.image, "debian:bookworm");
         assert_eq!(app.command, ["echo", "hi"]);
+        assert_eq!(
+            config.checkpoint,
+            Some(Checkpoint {
+                command: vec!["sh".into(), "-c".into(), "touch /bee/shared/stop".into()],
+                restore: vec!["echo".into(), "hi".into()],
+                timeout: DEFAULT_CHECKPOINT_TIMEOUT,
+                margin: Duration::from_secs(30),
+            })
+        );
         assert_eq!(
             config.platforms[0],
             Platform {
@@ -1103,5 +1291,81 @@ mod tests {
         assert_eq!(parse_duration("1h30m"), Some(Duration::from_secs(5400)));
         assert_eq!(parse_duration("45"), None);
         assert_eq!(parse_duration("10x"), None);
+    }
+
+    const CHECKPOINTED: &str = "[cluster]\nname = \"a\"\nnodes = 1\n[application]\n\
+                                image = \"debian:bookworm\"\ncommand = [\"/app/run\"]\n\
+                                [storage]\nmode = \"virtio-9p\"\n";
+
+    #[test]
+    fn checkpoint_takes_a_command_line_or_words_and_restores_with_the_app_by_default() {
+        let config = validate(&format!(
+            "{CHECKPOINTED}[checkpoint]\ncommand = [\"kill\", \"-USR1\", \"1\"]\n\
+             restore = [\"/app/run\", \"--restart\"]\ntimeout = \"2m\"\n"
+        ))
+        .unwrap();
+        let checkpoint = config.checkpoint.unwrap();
+        assert_eq!(checkpoint.command, ["kill", "-USR1", "1"]);
+        assert_eq!(checkpoint.restore, ["/app/run", "--restart"]);
+        assert_eq!(checkpoint.timeout, Duration::from_secs(120));
+        assert_eq!(checkpoint.margin, DEFAULT_CHECKPOINT_MARGIN);
+        let config = validate(&format!("{CHECKPOINTED}[checkpoint]\ncommand = \"true\"\n"));
+        assert_eq!(config.unwrap().checkpoint.unwrap().restore, ["/app/run"]);
+    }
+
+    #[test]
+    fn checkpoint_without_storage_is_refused() {
+        assert_eq!(
+            error(&format!(
+                "[cluster]\nname = \"a\"\nnodes = 1\n{APP}[checkpoint]\ncommand = \"x\"\n"
+            )),
+            "/cfg/bee.toml: [checkpoint]: checkpoints need [storage]: the application saves its \
+             state into the shared directory, which bee moves to the next platform; add \
+             [storage] with mode = \"virtio-9p\" or \"data-image-nfs\""
+        );
+    }
+
+    #[test]
+    fn checkpoint_without_command_or_with_a_bad_one_is_refused() {
+        assert_eq!(
+            error(&format!("{CHECKPOINTED}[checkpoint]\nmargin = \"1m\"\n")),
+            "/cfg/bee.toml: [checkpoint]: no command given: add command = \"...\", run in the \
+             master's container to make the application save its state into /bee/shared and \
+             exit"
+        );
+        assert_eq!(
+            error(&format!("{CHECKPOINTED}[checkpoint]\ncommand = [\"kill\", 1]\n")),
+            "/cfg/bee.toml: checkpoint.command = [\"kill\", 1]: expected a shell command line \
+             such as \"touch /bee/shared/stop\", or a program and its arguments such as \
+             [\"kill\", \"-USR1\", \"1\"]"
+        );
+        assert_eq!(
+            error(&format!("{CHECKPOINTED}[checkpoint]\ncommand = \"x\"\ntimeout = \"soon\"\n")),
+            "/cfg/bee.toml: checkpoint.timeout = \"soon\": expected a positive duration such as \
+             \"90s\", \"20m\" or \"2h\""
+        );
+    }
+
+    #[test]
+    fn time_slot_needs_a_checkpoint_longer_than_its_margin() {
+        let platform = "[[platform]]\nbackend = \"vm\"\ntime_slot = \"45s\"\n";
+        assert_eq!(
+            error(&format!("{CHECKPOINTED}{platform}")),
+            "/cfg/bee.toml: platform[0].time_slot = \"45s\": a time slot needs [checkpoint], so \
+             that the application can save its state before the slot ends: add [checkpoint], or \
+             remove time_slot"
+        );
+        assert_eq!(
+            error(&format!("{CHECKPOINTED}[checkpoint]\ncommand = \"x\"\n{platform}")),
+            "/cfg/bee.toml: platform[0].time_slot = \"45s\": expected more than \
+             checkpoint.margin (1m), which is when the checkpoint begins before the slot ends"
+        );
+    }
+
+    #[test]
+    fn durations_are_written_the_way_they_are_read() {
+        for text in ["45s", "1m", "1h30m", "2d5s"] {
+            assert_eq!(format_duration(parse_duration(text).unwrap()), text);
+        }
     }
 }

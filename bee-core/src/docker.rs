@@ -14,7 +14,8 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use bollard::container::LogOutput;
-use bollard::models::{ContainerCreateBody, HostConfig};
+use bollard::exec::StartExecResults;
+use bollard::models::{ContainerCreateBody, ExecConfig, HostConfig};
 use bollard::query_parameters::{
     BuildImageOptionsBuilder, CreateContainerOptionsBuilder, CreateImageOptionsBuilder,
     ImportImageOptionsBuilder, LogsOptionsBuilder, RemoveContainerOptionsBuilder,
@@ -291,6 +292,45 @@ impl NodeDocker {
                 detail: "the daemon ended the wait without an exit code".to_string(),
             }),
         }
+    }
+
+    /// Runs `command` in the running container `container` and returns its exit code and
+    /// the end of its output (stdout and stderr together).
+    pub async fn exec(
+        &self,
+        container: &str,
+        command: &[String],
+    ) -> Result<(i64, String), CoreError> {
+        let what = format!("cannot run {command:?} in the container");
+        let config = ExecConfig {
+            cmd: Some(command.to_vec()),
+            attach_stdout: Some(true),
+            attach_stderr: Some(true),
+            ..Default::default()
+        };
+        let created = self
+            .docker
+            .create_exec(container, config)
+            .await
+            .map_err(|e| docker_error(&self.node, &what, &e))?;
+        let mut text = Vec::new();
+        match self.docker.start_exec(&created.id, None).await {
+            Ok(StartExecResults::Attached { mut output, .. }) => {
+                while let Some(item) = output.next().await {
+                    let item = item.map_err(|e| docker_error(&self.node, &what, &e))?;
+                    text.extend_from_slice(&item.into_bytes());
+                }
+            }
+            Ok(StartExecResults::Detached) => {}
+            Err(e) => return Err(docker_error(&self.node, &what, &e)),
+        }
+        let inspected = self
+            .docker
+            .inspect_exec(&created.id)
+            .await
+            .map_err(|e| docker_error(&self.node, &what, &e))?;
+        let code = inspected.exit_code.unwrap_or(-1);
+        Ok((code, crate::ssh::tail(&String::from_utf8_lossy(&text), 10)))
     }
 
     /// Removes a container, running or not; a missing one is fine.

@@ -45,6 +45,31 @@ pub enum CoreError {
         /// The cluster name.
         name: String,
     },
+    /// No run with this name is recorded.
+    #[error("no run named {name:?}: `bee status` lists the runs there are")]
+    NoSuchRun {
+        /// The run name.
+        name: String,
+    },
+    /// A run of this name has not completed, so a new one would lose its state.
+    #[error(
+        "run {name:?} has not completed ({phase}): `bee resume {name}` continues it, \
+         `bee discard {name}` deletes it and its checkpoint"
+    )]
+    RunUnfinished {
+        /// The run name.
+        name: String,
+        /// Its phase.
+        phase: &'static str,
+    },
+    /// The run database could not be read or written.
+    #[error("run database {}: {detail}", path.display())]
+    RunDatabase {
+        /// The database file.
+        path: PathBuf,
+        /// What failed.
+        detail: String,
+    },
     /// The configuration asks for something no plugged-in implementation provides.
     #[error("{what} is not supported yet: {instead}")]
     Unsupported {

@@ -26,6 +26,11 @@ pub enum Event {
         /// How long it took.
         elapsed: Duration,
     },
+    /// A line for the user outside any step, such as a change of platform.
+    Message {
+        /// The line.
+        line: String,
+    },
     /// Degraded but going on, such as software emulation instead of KVM.
     Warning {
         /// What the user should know.
@@ -51,6 +56,11 @@ pub trait Events: Send + Sync {
     /// Reports the end of a step.
     fn finished(&self, step: &str, elapsed: Duration) {
         self.event(Event::Finished { step: step.to_string(), elapsed });
+    }
+
+    /// Reports a line for the user.
+    fn message(&self, line: &str) {
+        self.event(Event::Message { line: line.to_string() });
     }
 
     /// Reports a warning.

@@ -20,10 +20,13 @@ pub mod docker;
 pub mod error;
 pub mod events;
 pub mod mpi;
+pub mod orchestrator;
 pub mod paths;
 pub mod record;
+pub mod runs;
 pub mod ssh;
 pub mod traits;
+pub mod tree;
 
 pub use cluster::{Cluster, ClusterBuilder};
 pub use config::Config;

@@ -23,8 +23,8 @@ use bee_core::events::Events;
 use bee_core::traits::{GuestStep, NodeStorage, Storage, StorageDevice};
 
 use crate::tools::{self, Output};
-use crate::tree::{self, Merge};
 use crate::{blocking, check_input, give_to_bee, no_nodes, report_skipped, GUEST_UID};
+use bee_core::tree::{self, Merge};
 
 /// The image's file name inside the cluster directory.
 pub const IMAGE_FILE: &str = "data.img";

@@ -21,7 +21,6 @@
 
 mod data_image;
 mod tools;
-mod tree;
 mod virtio9p;
 
 use std::fs;

@@ -16,8 +16,8 @@ use bee_core::error::CoreError;
 use bee_core::events::Events;
 use bee_core::traits::{GuestStep, NodeStorage, Storage, StorageDevice};
 
-use crate::tree::{self, Merge};
 use crate::{blocking, check_input, give_to_bee, no_nodes, report_skipped};
+use bee_core::tree::{self, Merge};
 
 /// The export directory's name inside the cluster directory.
 pub const EXPORT_DIR: &str = "shared";

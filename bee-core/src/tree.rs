@@ -14,14 +14,14 @@ use std::io::{self, ErrorKind};
 use std::os::unix::fs::{lchown, symlink, MetadataExt};
 use std::path::{Path, PathBuf};
 
-use bee_core::error::CoreError;
+use crate::error::CoreError;
 
 /// ext4's block size: what a file takes at least, for sizing data images.
 const BLOCK: u64 = 4096;
 
 /// Whether a merge leaves its source in place.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Merge {
+pub enum Merge {
     /// Copy every entry; the source stays as it was.
     Copy,
     /// Rename entries into the destination where the file system allows it, copy them
@@ -32,7 +32,7 @@ pub(crate) enum Merge {
 /// Merges the contents of directory `src` into directory `dst`, creating `dst` if needed
 /// and leaving out the top-level entries named in `skip`. Returns the special files it
 /// skipped.
-pub(crate) fn merge_tree(
+pub fn merge_tree(
     src: &Path,
     dst: &Path,
     how: Merge,
@@ -144,15 +144,15 @@ fn in_the_way(from: &Path, to: &Path, old_is_dir: bool) -> CoreError {
 
 /// What a tree takes on an ext4 file system.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub(crate) struct Usage {
+pub struct Usage {
     /// Bytes, each file and directory rounded up to whole blocks.
-    pub(crate) bytes: u64,
+    pub bytes: u64,
     /// Files, directories and links: one inode each.
-    pub(crate) entries: u64,
+    pub entries: u64,
 }
 
 /// Measures the tree under `root`, `root` itself not counted.
-pub(crate) fn usage(root: &Path) -> Result<Usage, CoreError> {
+pub fn usage(root: &Path) -> Result<Usage, CoreError> {
     let mut total = Usage::default();
     let mut pending = vec![root.to_path_buf()];
     while let Some(dir) = pending.pop() {
@@ -172,7 +172,7 @@ pub(crate) fn usage(root: &Path) -> Result<Usage, CoreError> {
 
 /// Gives every entry under `root`, and `root` itself, to `uid` and `gid`, touching only
 /// those that belong to someone else. Symbolic links are changed, not followed.
-pub(crate) fn own_tree(root: &Path, uid: u32, gid: u32) -> Result<(), CoreError> {
+pub fn own_tree(root: &Path, uid: u32, gid: u32) -> Result<(), CoreError> {
     let mut pending = vec![root.to_path_buf()];
     while let Some(path) = pending.pop() {
         let meta =

@@ -1,0 +1,194 @@
+//! Algorithm 1 on real guests: an MPI application outlives its time slot, is checkpointed,
+//! moves to the next platform and is restored there; with no platform left its checkpoint
+//! waits for `bee resume`. Needs the guest image, which `scripts/test.sh` builds when it
+//! is missing.
+
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+
+use bee_tests::{repo_root, stderr, stdout, write_config, BeeEnv, COMMAND_TIMEOUT};
+
+/// Steps the counter runs and its sleep per step: about a minute of work, so that a slot
+/// of 50 s less a 10 s margin interrupts it.
+const STEPS: u64 = 600;
+const STEP_MS: u64 = 100;
+const RANKS: u64 = 2;
+
+/// The checksum line the counter example writes after `steps` steps on `ranks` ranks,
+/// computed the way `examples/checkpoint-counter/counter.c` does.
+fn expected_result(ranks: u64, steps: u64) -> String {
+    let mut states: Vec<u64> =
+        (0..ranks).map(|r| 0x9e37_79b9_7f4a_7c15u64.wrapping_mul(r + 1)).collect();
+    for step in 0..steps {
+        for state in &mut states {
+            *state = state
+                .wrapping_mul(6_364_136_223_846_793_005)
+                .wrapping_add(1_442_695_040_888_963_407)
+                .wrapping_add(step);
+        }
+        let mixed = states.iter().fold(0, |acc, s| acc ^ s);
+        for state in &mut states {
+            *state ^= mixed >> 17;
+        }
+    }
+    let sum = states.iter().fold(0u64, |acc, s| acc.wrapping_add(*s));
+    format!("{ranks} ranks, {steps} steps: checksum {sum:016x}\n")
+}
+
+/// A directory with the counter example's sources and a configuration whose cluster is
+/// `name`, with `extra` appended (checkpoint and platforms).
+fn counter_project(name: &str, extra: &str) -> (tempfile::TempDir, PathBuf) {
+    let dir = tempfile::tempdir().unwrap();
+    for file in ["counter.c", "Dockerfile"] {
+        let from = repo_root().join("examples/checkpoint-counter").join(file);
+        std::fs::copy(from, dir.path().join(file)).unwrap();
+    }
+    let args = format!("\"/app/counter\", \"/bee/shared\", \"{STEPS}\", \"{STEP_MS}\"");
+    let config = write_config(
+        dir.path(),
+        &format!(
+            "[cluster]\nname = \"{name}\"\nnodes = 2\n[storage]\nmode = \"virtio-9p\"\n\
+             output = \"out\"\n[application]\ndockerfile = \"Dockerfile\"\n\
+             tag = \"bee/counter:latest\"\n\
+             command = [\"mpirun\", \"-np\", \"{RANKS}\", {args}]\n{extra}"
+        ),
+    );
+    (dir, config)
+}
+
+/// `[checkpoint]` of the counter: a request file, and the same command with `--restart`.
+fn checkpoint_section() -> String {
+    let args = format!("\"/app/counter\", \"/bee/shared\", \"{STEPS}\", \"{STEP_MS}\"");
+    format!(
+        "[checkpoint]\ncommand = \"touch /bee/shared/checkpoint-now\"\n\
+         restore = [\"mpirun\", \"-np\", \"{RANKS}\", {args}, \"--restart\"]\n\
+         timeout = \"3m\"\nmargin = \"10s\"\n"
+    )
+}
+
+fn result_file(dir: &Path) -> String {
+    let file = dir.join("out/result.txt");
+    std::fs::read_to_string(&file).unwrap_or_else(|e| panic!("{}: {e}", file.display()))
+}
+
+fn run_of(env: &BeeEnv, name: &str) -> serde_json::Value {
+    let output = env.bee(&["status", "--json"]);
+    assert!(output.status.success(), "{}", stderr(&output));
+    let report: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
+    let runs = report["runs"].as_array().cloned().unwrap_or_default();
+    runs.into_iter().find(|r| r["name"] == name).unwrap_or_else(|| panic!("no run {name}"))
+}
+
+#[test]
+fn a_checkpointed_run_moves_to_the_next_platform_and_ends_like_an_uninterrupted_one() {
+    let env = BeeEnv::new();
+    let platforms = "[[platform]]\nbackend = \"vm\"\nhosts = \"local\"\ntime_slot = \"50s\"\n\
+                     [[platform]]\nbackend = \"vm\"\nhosts = \"local\"\n";
+    let (moved_dir, moved) =
+        counter_project("ckpt-move", &format!("{}{platforms}", checkpoint_section()));
+    let (plain_dir, plain) = counter_project("ckpt-plain", "");
+
+    // The uninterrupted reference runs beside it, on guests of its own.
+    let reference = env
+        .command(&["run", plain.to_str().unwrap()])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let output = env.bee(&["run", moved.to_str().unwrap()]);
+    let reference = bee_tests::wait_with_timeout(reference, COMMAND_TIMEOUT, "reference run");
+    assert_eq!(reference.status.code(), Some(0), "{}", stderr(&reference));
+
+    let (out, err) = (stdout(&output), stderr(&output));
+    assert_eq!(output.status.code(), Some(0), "stdout:\n{out}\nstderr:\n{err}");
+    assert!(
+        err.contains(
+            "checkpointing ckpt-move before the time slot of platform 0 (vm on local, \
+                      time slot 50s) ends"
+        ),
+        "{err}"
+    );
+    assert!(err.contains("checkpoint 1 saved; moving to platform 1 (vm on local)"), "{err}");
+    assert!(err.contains("restoring checkpoint 1 on platform 1 (vm on local)"), "{err}");
+    assert!(out.contains("counter: checkpoint saved at step "), "{out}");
+    assert!(out.contains("counter: 2 ranks, restarting at step "), "{out}");
+
+    let expected = expected_result(RANKS, STEPS);
+    assert_eq!(result_file(plain_dir.path()), expected);
+    assert_eq!(result_file(moved_dir.path()), expected);
+    let state = moved_dir.path().join("out/state/rank-1");
+    assert!(state.is_file(), "the saved state reached the output too: {}", state.display());
+
+    let run = run_of(&env, "ckpt-move");
+    assert_eq!(run["phase"], "completed");
+    assert_eq!(run["checkpoints"], 1);
+    assert_eq!(run["exit_code"], 0);
+    assert!(!env.state_dir().join("runs/ckpt-move/data").exists(), "checkpoint left behind");
+    env.assert_no_cluster_left();
+}
+
+#[test]
+fn with_no_platform_left_the_checkpoint_waits_for_resume() {
+    let env = BeeEnv::new();
+    let slot = "[[platform]]\nbackend = \"vm\"\ntime_slot = \"50s\"\n";
+    let (dir, config) = counter_project("ckpt-wait", &format!("{}{slot}", checkpoint_section()));
+    let output = env.bee(&["run", config.to_str().unwrap()]);
+    let err = stderr(&output);
+    assert_eq!(output.status.code(), Some(75), "{err}");
+    let data = env.state_dir().join("runs/ckpt-wait/data");
+    assert!(
+        err.contains(&format!(
+            "no platform left: checkpoint 1 kept in {}; `bee resume ckpt-wait` continues from it",
+            data.display()
+        )),
+        "{err}"
+    );
+    assert!(data.join("state/rank-0").is_file() && data.join("state/rank-1").is_file());
+    assert!(!data.join("checkpoint-now").exists(), "the request was not consumed");
+    assert!(!dir.path().join("out/result.txt").exists());
+    assert_eq!(run_of(&env, "ckpt-wait")["phase"], "waiting");
+    env.assert_no_cluster_left();
+
+    // A new run would lose the checkpoint, so it is refused.
+    let output = env.bee(&["run", config.to_str().unwrap()]);
+    assert_eq!(output.status.code(), Some(125));
+    assert_eq!(
+        stderr(&output),
+        "bee: error: run \"ckpt-wait\" has not completed (waiting): `bee resume ckpt-wait` \
+         continues it, `bee discard ckpt-wait` deletes it and its checkpoint\n"
+    );
+
+    // New resources: the same platform without a slot. Resume reads the file again.
+    let text = std::fs::read_to_string(&config).unwrap().replace("time_slot = \"50s\"\n", "");
+    std::fs::write(&config, text).unwrap();
+    let output = env.bee(&["resume", "ckpt-wait"]);
+    let (out, err) = (stdout(&output), stderr(&output));
+    assert_eq!(output.status.code(), Some(0), "stdout:\n{out}\nstderr:\n{err}");
+    assert!(err.contains("resuming run ckpt-wait (waiting)"), "{err}");
+    assert!(err.contains("restoring checkpoint 1 on platform 0 (vm on local)"), "{err}");
+    assert_eq!(result_file(dir.path()), expected_result(RANKS, STEPS));
+    let run = run_of(&env, "ckpt-wait");
+    assert_eq!((run["phase"].as_str(), run["checkpoints"].as_u64()), (Some("completed"), Some(1)));
+    env.assert_no_cluster_left();
+}
+
+#[test]
+fn resume_and_discard_of_an_unknown_run_say_so() {
+    let env = BeeEnv::new();
+    for (args, code) in [(&["resume", "ghost"][..], 125), (&["discard", "ghost"][..], 1)] {
+        let output = env.bee(args);
+        assert_eq!(output.status.code(), Some(code), "{args:?}");
+        assert_eq!(
+            stderr(&output),
+            "bee: error: no run named \"ghost\": `bee status` lists the runs there are\n"
+        );
+    }
+}
+
+#[test]
+fn the_expected_checksum_depends_on_every_step_and_rank() {
+    let full = expected_result(2, 600);
+    assert_ne!(full, expected_result(2, 599));
+    assert_ne!(full, expected_result(3, 600));
+    assert!(full.starts_with("2 ranks, 600 steps: checksum "), "{full}");
+}
