@@ -92,14 +92,15 @@ impl<'a> Orchestrator<'a> {
     }
 
     /// Starts a new run of `config` from its first platform. A run of the same name that
-    /// has not completed is refused, so that its checkpoint is not lost.
+    /// holds a checkpoint and has not completed is refused, so that the checkpoint is not
+    /// lost; one without a checkpoint is replaced.
     pub async fn start(
         &self,
         config: &Config,
         output: &mut (dyn FnMut(OutputStream, &[u8]) + Send),
     ) -> Result<RunOutcome, CoreError> {
         if let Some(run) = self.runs.get(&config.name)? {
-            if !run.phase.is_final() {
+            if run.checkpoints > 0 && !run.phase.is_final() {
                 return Err(CoreError::RunUnfinished { name: run.name, phase: run.phase.name() });
             }
         }
