@@ -3,7 +3,8 @@
 # when it is not cached yet. Safe to run again: every step is skipped when already done.
 #
 #   scripts/setup.sh            bee and the guest image
-#   scripts/setup.sh --tests    also what the tests need (registry server, skopeo, busybox)
+#   scripts/setup.sh --tests    also what the tests and benchmarks need (registry server,
+#                               skopeo, busybox; fio, iperf3 and ping for bee-bench)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -27,6 +28,7 @@ needs=(
 )
 if [ "$with_tests" = 1 ]; then
   needs+=(docker-registry:docker-registry skopeo:skopeo busybox:busybox-static)
+  needs+=(fio:fio iperf3:iperf3 ping:iputils-ping)
 fi
 
 # Prints the packages whose programs are missing, one a line.

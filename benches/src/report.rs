@@ -1,0 +1,205 @@
+//! What every benchmark prints: progress lines on stderr, and on stdout a table or a JSON
+//! object built from medians of samples, with ratios and whether targets were met.
+//!
+//! Nothing here measures; the benchmark modules hand their samples in.
+
+use std::time::Duration;
+
+use anyhow::Result;
+use serde_json::json;
+
+/// Runs one measurement, printing its result (`show`) or that it failed as progress.
+pub(crate) fn step<T>(
+    what: &str,
+    measure: impl FnOnce() -> Result<T>,
+    show: impl FnOnce(&T) -> String,
+) -> Result<T> {
+    eprint!("bee-bench:   {what}: ");
+    match measure() {
+        Ok(value) => {
+            eprintln!("{}", show(&value));
+            Ok(value)
+        }
+        Err(err) => {
+            eprintln!("failed");
+            Err(err.context(what.to_owned()))
+        }
+    }
+}
+
+/// A progress line on stderr that is not a measurement.
+pub(crate) fn progress(line: &str) {
+    eprintln!("bee-bench: {line}");
+}
+
+/// A duration as the tables show it.
+pub(crate) fn secs(elapsed: &Duration) -> String {
+    format!("{:.1} s", elapsed.as_secs_f64())
+}
+
+/// How a target fared, in the tables.
+pub(crate) fn verdict(met: bool) -> &'static str {
+    if met {
+        "met"
+    } else {
+        "missed"
+    }
+}
+
+/// One line of a two-column report: a label, a right-aligned value and an optional note.
+pub(crate) fn row(label: &str, value: &str, note: &str) -> String {
+    let line = format!("{label:<32}{value:>10}  {note}");
+    format!("{}\n", line.trim_end())
+}
+
+/// The median of durations (the mean of the middle two for an even count; zero for none).
+pub(crate) fn median(samples: &[Duration]) -> Duration {
+    let mut sorted = samples.to_vec();
+    sorted.sort();
+    match sorted.len() {
+        0 => Duration::ZERO,
+        n if n % 2 == 1 => sorted[n / 2],
+        n => (sorted[n / 2 - 1] + sorted[n / 2]) / 2,
+    }
+}
+
+/// The median of numbers, as [`median`] takes it; NaN for none.
+pub(crate) fn median_of(samples: &[f64]) -> f64 {
+    let mut sorted = samples.to_vec();
+    sorted.sort_by(f64::total_cmp);
+    match sorted.len() {
+        0 => f64::NAN,
+        n if n % 2 == 1 => sorted[n / 2],
+        n => (sorted[n / 2 - 1] + sorted[n / 2]) / 2.0,
+    }
+}
+
+/// `{"median": x, "samples": [x, ...]}`; the median is `null` when there are no samples.
+pub(crate) fn samples_json(samples: &[f64]) -> serde_json::Value {
+    let median = Some(median_of(samples)).filter(|m| m.is_finite());
+    json!({ "median": median, "samples": samples })
+}
+
+/// [`samples_json`] of durations, in seconds.
+pub(crate) fn seconds_json(samples: &[Duration]) -> serde_json::Value {
+    let secs: Vec<f64> = samples.iter().map(Duration::as_secs_f64).collect();
+    json!({ "median": median(samples).as_secs_f64(), "samples": secs })
+}
+
+/// A number for JSON: `null` when it is not finite (a ratio to nothing, say).
+pub(crate) fn finite(value: f64) -> Option<f64> {
+    Some(value).filter(|v| v.is_finite())
+}
+
+/// A number with `decimals` decimals, or `-` when it is not finite.
+pub(crate) fn fixed(value: f64, decimals: usize) -> String {
+    if value.is_finite() {
+        format!("{value:.decimals$}")
+    } else {
+        "-".to_owned()
+    }
+}
+
+/// KiB to MiB.
+pub(crate) fn mib(kib: u64) -> f64 {
+    kib as f64 / 1024.0
+}
+
+/// How a column's cells line up.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Align {
+    /// Text: padded on the right.
+    Left,
+    /// Numbers: padded on the left.
+    Right,
+}
+
+/// A table of text cells under a header row, columns two spaces apart, each as wide as
+/// its widest cell; trailing spaces are trimmed.
+#[derive(Debug)]
+pub(crate) struct Table {
+    columns: Vec<(String, Align)>,
+    rows: Vec<Vec<String>>,
+}
+
+impl Table {
+    /// A table with these column headers and alignments, and no rows yet.
+    pub(crate) fn new(columns: &[(&str, Align)]) -> Table {
+        let columns = columns.iter().map(|(name, align)| (name.to_string(), *align)).collect();
+        Table { columns, rows: Vec::new() }
+    }
+
+    /// Adds a row; missing cells at its end are left blank, extra ones are dropped.
+    pub(crate) fn push(&mut self, cells: Vec<String>) {
+        self.rows.push(cells);
+    }
+
+    /// The header and the rows, one line each.
+    pub(crate) fn render(&self) -> String {
+        let cell = |row: &[String], column: usize| row.get(column).cloned().unwrap_or_default();
+        let header: Vec<String> = self.columns.iter().map(|(name, _)| name.clone()).collect();
+        let lines: Vec<&Vec<String>> = std::iter::once(&header).chain(&self.rows).collect();
+        let widths: Vec<usize> = (0..self.columns.len())
+            .map(|c| lines.iter().map(|row| cell(row, c).chars().count()).max().unwrap_or(0))
+            .collect();
+
+        let mut out = String::new();
+        for row in lines {
+            let cells: Vec<String> = self
+                .columns
+                .iter()
+                .zip(&widths)
+                .enumerate()
+                .map(|(c, ((_, align), &width))| match align {
+                    Align::Left => format!("{:<width$}", cell(row, c)),
+                    Align::Right => format!("{:>width$}", cell(row, c)),
+                })
+                .collect();
+            out += cells.join("  ").trim_end();
+            out.push('\n');
+        }
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn median_of_even_count_is_mean_of_middle_two() {
+        let secs = [4, 1, 3, 2].map(Duration::from_secs);
+        assert_eq!(median(&secs), Duration::from_millis(2500));
+        assert_eq!(median_of(&[4.0, 1.0, 3.0, 2.0]), 2.5);
+        assert_eq!(median_of(&[5.0, 1.0, 3.0]), 3.0);
+        assert!(median_of(&[]).is_nan());
+    }
+
+    #[test]
+    fn samples_json_has_median_and_samples() {
+        assert_eq!(samples_json(&[3.0, 1.0]), json!({ "median": 2.0, "samples": [3.0, 1.0] }));
+        assert_eq!(samples_json(&[]), json!({ "median": null, "samples": [] }));
+    }
+
+    #[test]
+    fn table_aligns_columns_and_trims_lines() {
+        let mut table = Table::new(&[("name", Align::Left), ("value", Align::Right)]);
+        table.push(vec!["a".into(), "1.50".into()]);
+        table.push(vec!["longer name".into(), "12.00".into()]);
+        table.push(vec!["no value".into()]);
+        let expected = "\
+name         value
+a             1.50
+longer name  12.00
+no value
+";
+        assert_eq!(table.render(), expected);
+    }
+
+    #[test]
+    fn fixed_shows_a_dash_for_what_is_not_a_number() {
+        assert_eq!(fixed(0.456, 2), "0.46");
+        assert_eq!(fixed(f64::NAN, 2), "-");
+        assert_eq!(fixed(f64::INFINITY, 1), "-");
+    }
+}
