@@ -31,6 +31,10 @@
 //!   measure CPU contention as much as the networks. In the four-node clusters the nodes
 //!   that are not measured also use CPU (the master forwards in the star and the tree;
 //!   every node sees every frame of the multicast hub).
+//! - In a four-node tree, nodes 1 and 2 are both children of the master, so the measured
+//!   pair crosses the same two links as in the star; star and tree differ only where
+//!   node 3 hangs (below the master or below node 1), which shows in the all-to-all
+//!   times and in the load on the master, not in the path measured.
 //! - All-to-all starts are told to each node over an SSH session opened beforehand; the
 //!   nodes start within a few milliseconds of each other, not at the same instant, and
 //!   the time includes one SSH round trip back to the benchmark.
