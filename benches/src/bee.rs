@@ -248,10 +248,10 @@ impl Drop for ScratchDir {
 /// bee puts the SSH control sockets of a cluster's nodes under
 /// `STATE/clusters/NAME/ssh/`, and `ssh` adds 17 characters to their names while it
 /// creates them: the whole path must stay under the 108 bytes of a Unix socket address.
-/// The state directory is `$TMPDIR/bee-bench-XXXXXX` and the benchmarks' cluster names
-/// are short (13 characters at most), which leaves room for a `$TMPDIR` of up to 17
-/// characters (`/tmp` has 4); with a longer one `bee up` cannot connect to its nodes and
-/// waits until [`DEADLINE`].
+/// The state directory is `$TMPDIR/bee-bench-` plus six random characters, and the
+/// benchmarks' cluster names are short (13 characters at most), which leaves room for a
+/// `$TMPDIR` of up to 17 characters (`/tmp` has 4); with a longer one `bee up` cannot
+/// connect to its nodes and waits until [`DEADLINE`].
 pub(crate) struct BeeState {
     dir: ScratchDir,
 }
