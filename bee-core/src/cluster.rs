@@ -81,6 +81,7 @@ impl ClusterBuilder {
     /// starts the nodes, waits for SSH and Docker. On failure tears down what was started.
     pub async fn up(self, config: &Config, events: &dyn Events) -> Result<Cluster, CoreError> {
         self.check(config)?;
+        ssh::check_socket_paths(&self.clusters_dir.join(&config.name), &node_names(config))?;
         let mut store = RecordStore::create(
             &self.clusters_dir,
             &config.name,
@@ -172,8 +173,7 @@ impl Cluster {
         events: &dyn Events,
     ) -> Result<(), CoreError> {
         let config = self.config.clone();
-        let node_names: Vec<String> =
-            (0..config.nodes).map(|i| format!("{}-{i}", config.name)).collect();
+        let node_names = node_names(&config);
         let networks = match network {
             Some(network) => {
                 let ports = free_ports(network.ports_needed(config.nodes))?;
@@ -610,6 +610,11 @@ fn unreachable_checkpoint() -> Result<i64, CoreError> {
 
 /// Finds `count` distinct free TCP ports on 127.0.0.1. They are free when found; a
 /// process that takes one meanwhile makes QEMU fail to start, which names the port.
+/// The names of the nodes of `config`'s cluster, the master first.
+fn node_names(config: &Config) -> Vec<String> {
+    (0..config.nodes).map(|i| format!("{}-{i}", config.name)).collect()
+}
+
 fn free_ports(count: usize) -> Result<Vec<u16>, CoreError> {
     let listeners: Vec<std::net::TcpListener> = (0..count)
         .map(|_| std::net::TcpListener::bind(("127.0.0.1", 0)))

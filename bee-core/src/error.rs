@@ -70,6 +70,20 @@ pub enum CoreError {
         /// What failed.
         detail: String,
     },
+    /// A Unix socket of the cluster would have a path longer than the system allows.
+    #[error(
+        "the Unix socket {} would be {length} bytes long, over the limit of {limit}: set \
+         BEE_STATE_DIR to a shorter directory or give the cluster a shorter name",
+        path.display()
+    )]
+    SocketPathTooLong {
+        /// The socket, with placeholders for the characters made at random.
+        path: PathBuf,
+        /// Its length in bytes.
+        length: usize,
+        /// The longest path allowed.
+        limit: usize,
+    },
     /// The configuration asks for something no plugged-in implementation provides.
     #[error("{what} is not supported yet: {instead}")]
     Unsupported {

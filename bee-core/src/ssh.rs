@@ -177,6 +177,41 @@ pub fn control_dir(cluster_dir: &Path) -> PathBuf {
     cluster_dir.join("ssh")
 }
 
+/// The longest path a Unix socket can have: `sun_path` holds 108 bytes with the final NUL.
+pub const SOCKET_PATH_LIMIT: usize = 107;
+
+/// The Unix sockets bee and ssh make for node `node` of the cluster in `cluster_dir`:
+/// the SSH control socket (which `openssh` puts in a `.ssh-connection` directory of six
+/// random characters and ssh first binds under a name 17 characters longer), the
+/// forwarded Docker socket and QEMU's monitor socket. Each is shown with placeholders
+/// for the characters only known when it is made.
+pub fn socket_paths(cluster_dir: &Path, node: &str) -> Vec<PathBuf> {
+    let control = control_dir(cluster_dir).join(".ssh-connectionXXXXXX");
+    vec![
+        control.join("master.XXXXXXXXXXXXXXXX"),
+        cluster_dir.join(format!("{node}.docker.sock")),
+        cluster_dir.join(node).join("qmp.sock"),
+    ]
+}
+
+/// Fails, naming the path, when a socket of one of `nodes` would be too long to bind:
+/// ssh then only logs the failure and every connection attempt fails until the SSH
+/// deadline, long after the real cause could have been shown.
+pub fn check_socket_paths(cluster_dir: &Path, nodes: &[String]) -> Result<(), CoreError> {
+    let too_long = nodes
+        .iter()
+        .flat_map(|node| socket_paths(cluster_dir, node))
+        .find(|path| path.as_os_str().len() > SOCKET_PATH_LIMIT);
+    match too_long {
+        Some(path) => Err(CoreError::SocketPathTooLong {
+            length: path.as_os_str().len(),
+            path,
+            limit: SOCKET_PATH_LIMIT,
+        }),
+        None => Ok(()),
+    }
+}
+
 /// Formats an error with its sources, separated by colons.
 pub(crate) fn chain(err: &dyn std::error::Error) -> String {
     let mut text = err.to_string();
@@ -196,4 +231,32 @@ pub(crate) fn chain(err: &dyn std::error::Error) -> String {
 pub fn tail(text: &str, lines: usize) -> String {
     let all: Vec<&str> = text.trim_end().lines().collect();
     all[all.len().saturating_sub(lines)..].join("\n")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn socket_paths_reach_the_limit_exactly() {
+        // The SSH control socket is the longest: 50 bytes past the cluster directory.
+        let fits = PathBuf::from(format!("/{}", "d".repeat(SOCKET_PATH_LIMIT - 51)));
+        assert_eq!(socket_paths(&fits, "n-0")[0].as_os_str().len(), SOCKET_PATH_LIMIT);
+        assert!(check_socket_paths(&fits, &["n-0".to_string()]).is_ok());
+
+        let over = PathBuf::from(format!("/{}", "d".repeat(SOCKET_PATH_LIMIT - 50)));
+        let err = check_socket_paths(&over, &["n-0".to_string()]).unwrap_err();
+        let text = err.to_string();
+        assert!(text.contains("/ssh/.ssh-connectionXXXXXX/master.XXXXXXXXXXXXXXXX"), "{text}");
+        assert!(text.contains("would be 108 bytes long, over the limit of 107"), "{text}");
+        assert!(text.contains("BEE_STATE_DIR"), "{text}");
+    }
+
+    #[test]
+    fn long_node_names_are_checked_too() {
+        let dir = Path::new("/state/clusters/c");
+        let long = format!("c-{}", "9".repeat(90));
+        let err = check_socket_paths(dir, &["c-0".to_string(), long.clone()]).unwrap_err();
+        assert!(err.to_string().contains(&format!("{long}.docker.sock")), "{err}");
+    }
 }

@@ -111,3 +111,27 @@ fn missing_guest_image_says_how_to_build_it() {
     assert!(err.ends_with(": run `bee image build` first (needs root, a few minutes)"), "{err}");
     assert!(!env.state_dir().join("clusters/noimage").exists());
 }
+
+#[test]
+fn state_directory_too_long_for_sockets_is_refused_at_once() {
+    let env = BeeEnv::new();
+    let dir = tempfile::tempdir().unwrap();
+    let long = env.state_dir().join("s".repeat(80));
+    let config = write_config(dir.path(), "[cluster]\nname = \"deep\"\nnodes = 1\n");
+    let output = env
+        .command(&["up", config.to_str().unwrap()])
+        .env("BEE_STATE_DIR", &long)
+        .output()
+        .unwrap();
+    assert_eq!(output.status.code(), Some(1));
+    let control = long.join("clusters/deep/ssh/.ssh-connectionXXXXXX/master.XXXXXXXXXXXXXXXX");
+    let expected = format!(
+        "bee: error: cannot start cluster deep: the Unix socket {} would be {} bytes long, over the limit of 107: set \
+         BEE_STATE_DIR to a shorter directory or give the cluster a shorter name\n",
+        control.display(),
+        control.as_os_str().len()
+    );
+    assert_eq!(stderr(&output), expected);
+    assert!(!long.join("clusters/deep").exists());
+    assert!(env.qemu_processes().is_empty());
+}
