@@ -4,7 +4,9 @@
 #
 #   scripts/setup.sh            bee and the guest image
 #   scripts/setup.sh --tests    also what the tests and benchmarks need (registry server,
-#                               skopeo, busybox; fio, iperf3 and ping for bee-bench)
+#                               skopeo, busybox; Slurm and munge; sshd and iproute2
+#                               for the SSH host tests; fio, iperf3 and ping for the
+#                               benchmarks)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -28,6 +30,8 @@ needs=(
 )
 if [ "$with_tests" = 1 ]; then
   needs+=(docker-registry:docker-registry skopeo:skopeo busybox:busybox-static)
+  needs+=(slurmctld:slurmctld slurmd:slurmd srun:slurm-client munged:munge)
+  needs+=(sshd:openssh-server ip:iproute2)
   needs+=(fio:fio iperf3:iperf3 ping:iputils-ping)
 fi
 

@@ -12,7 +12,7 @@ use std::sync::Arc;
 
 use anyhow::{anyhow, Context, Result};
 use bee_core::cluster::{self, ClusterBuilder};
-use bee_core::config::StorageMode;
+use bee_core::config::{Hosts, StorageMode};
 use bee_core::docker::OutputStream;
 use bee_core::events::Events;
 use bee_core::orchestrator::{Orchestrator, Platforms, RunOutcome};
@@ -197,8 +197,12 @@ fn image_show() -> Result<ExitCode> {
 
 /// The cluster builder for `config`'s first platform: the VM backend, the network of
 /// `[network]` when there is more than one node, and the storage of `[storage]`.
-fn builder(config: &Config) -> ClusterBuilder {
-    let backend = Arc::new(VmBackend::from_cache(paths::cache_dir(), ImageInputs::from_env()));
+/// A builder for the cluster of `config` on its platform `index` (the first for `bee up`;
+/// a configuration without platforms runs on this machine).
+fn builder(config: &Config, index: usize) -> ClusterBuilder {
+    let hosts = config.platforms.get(index).map_or(Hosts::Local, |p| p.hosts.clone());
+    let backend = VmBackend::from_cache(paths::cache_dir(), ImageInputs::from_env());
+    let backend = Arc::new(backend.on_hosts(hosts));
     let mut builder = ClusterBuilder::new(backend, paths::clusters_dir());
     if config.nodes > 1 {
         builder = builder.network(bee_net::for_mode(config.network.mode));
@@ -210,12 +214,24 @@ fn builder(config: &Config) -> ClusterBuilder {
 }
 
 /// The platforms of this bee, for the orchestrator: every `[[platform]]` entry is the VM
-/// backend, which refuses hosts other than this machine when it starts the nodes.
+/// backend on its hosts; a Slurm platform is unavailable outside an allocation, a host
+/// list when one of its hosts does not answer over SSH.
 struct CliPlatforms;
 
+#[async_trait::async_trait]
 impl Platforms for CliPlatforms {
-    fn builder(&self, config: &Config, _index: usize) -> Result<ClusterBuilder, CoreError> {
-        Ok(builder(config))
+    fn builder(&self, config: &Config, index: usize) -> Result<ClusterBuilder, CoreError> {
+        Ok(builder(config, index))
+    }
+
+    async fn unavailable(&self, config: &Config, index: usize) -> Option<String> {
+        match config.platforms.get(index).map(|p| &p.hosts) {
+            Some(Hosts::Slurm) => bee_vm::slurm::unavailable(),
+            Some(Hosts::List(entries)) => {
+                bee_vm::ssh_hosts::reach(entries).await.err().map(|e| e.to_string())
+            }
+            _ => None,
+        }
     }
 
     fn recorded(
@@ -261,7 +277,7 @@ fn recorded_backend(store: &RecordStore) -> Result<Arc<dyn Backend>> {
 async fn up(config_path: &Path) -> Result<ExitCode> {
     let config = Config::load(config_path)?;
     let progress = Progress::new();
-    let cluster = builder(&config)
+    let cluster = builder(&config, 0)
         .up(&config, &progress)
         .await
         .with_context(|| format!("cannot start cluster {}", config.name))?;

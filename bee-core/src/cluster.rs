@@ -82,6 +82,8 @@ impl ClusterBuilder {
     pub async fn up(self, config: &Config, events: &dyn Events) -> Result<Cluster, CoreError> {
         self.check(config)?;
         ssh::check_socket_paths(&self.clusters_dir.join(&config.name), &node_names(config))?;
+        let placing = self.backend.host_addresses(config.nodes as usize).await;
+        let hosts = step("placing the nodes", placing)?;
         let mut store = RecordStore::create(
             &self.clusters_dir,
             &config.name,
@@ -102,7 +104,7 @@ impl ClusterBuilder {
             sessions: Vec::new(),
             dockers: Vec::new(),
         };
-        match cluster.launch(self.network.as_deref(), events).await {
+        match cluster.launch(self.network.as_deref(), hosts, events).await {
             Ok(()) => Ok(cluster),
             Err(err) => {
                 tracing::error!(cluster = %config.name, error = %err, "launch failed");
@@ -170,6 +172,7 @@ impl Cluster {
     async fn launch(
         &mut self,
         network: Option<&dyn Network>,
+        hosts: Vec<Ipv4Addr>,
         events: &dyn Events,
     ) -> Result<(), CoreError> {
         let config = self.config.clone();
@@ -177,7 +180,6 @@ impl Cluster {
         let networks = match network {
             Some(network) => {
                 let ports = free_ports(network.ports_needed(config.nodes))?;
-                let hosts = vec![Ipv4Addr::LOCALHOST; config.nodes as usize];
                 let request = NetworkRequest {
                     spec: &config.network,
                     cluster: &config.name,
@@ -201,7 +203,7 @@ impl Cluster {
             }
             _ => Vec::new(),
         };
-        let plan = ClusterPlan { config: &config, node_names, networks, storages };
+        let plan = ClusterPlan { config: &config, node_names, networks, storages, hosts };
 
         let what = format!("starting {} node(s)", config.nodes);
         let started = Instant::now();

@@ -70,6 +70,14 @@ pub enum CoreError {
         /// What failed.
         detail: String,
     },
+    /// Every platform of a run was skipped before it started.
+    #[error("no platform can start run {run:?}: {skipped}")]
+    NoPlatform {
+        /// The run.
+        run: String,
+        /// Each platform skipped, and why.
+        skipped: String,
+    },
     /// A Unix socket of the cluster would have a path longer than the system allows.
     #[error(
         "the Unix socket {} would be {length} bytes long, over the limit of {limit}: set \

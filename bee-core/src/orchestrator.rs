@@ -41,9 +41,17 @@ use crate::runs::{Run, RunPhase, RunStore};
 use crate::traits::{Backend, Storage};
 
 /// What the front end provides: the parts each platform is built from.
+#[async_trait::async_trait]
 pub trait Platforms: Send + Sync {
     /// A cluster builder for `config.platforms[index]`, with its network and storage.
     fn builder(&self, config: &Config, index: usize) -> Result<ClusterBuilder, CoreError>;
+
+    /// Why `config.platforms[index]` cannot be used now (a Slurm platform outside an
+    /// allocation, a host that does not answer), or `None` when it can; the orchestrator
+    /// then tries the next one.
+    async fn unavailable(&self, _config: &Config, _index: usize) -> Option<String> {
+        None
+    }
 
     /// The backend and storage that made a recorded cluster, to tear it down.
     #[allow(clippy::type_complexity)]
@@ -212,8 +220,22 @@ impl<'a> Orchestrator<'a> {
             what: format!("running {} without [application]", config.file.display()),
             instead: "add [application] with an image and a command".to_string(),
         })?;
+        let mut skipped = Vec::new();
         loop {
+            while run.platform < config.platforms.len() {
+                let Some(reason) = self.platforms.unavailable(config, run.platform).await else {
+                    break;
+                };
+                let platform = &config.platforms[run.platform];
+                let line = format!("platform {} ({}): {reason}", run.platform, platform.describe());
+                self.events.message(&format!("skipping {line}"));
+                skipped.push(line);
+                run.platform += 1;
+            }
             if run.platform >= config.platforms.len() {
+                if run.checkpoints == 0 && !skipped.is_empty() {
+                    return Err(self.no_platform(run, &skipped));
+                }
                 return self.wait_for_platforms(run);
             }
             match self.on_platform(config, &app, run, output).await {
@@ -307,11 +329,14 @@ impl<'a> Orchestrator<'a> {
                 Ok(Some(RunOutcome::Completed(code)))
             }
             Ok(RunEnd::Checkpointed) => {
+                // The cluster record points at the data directory before the run says it
+                // is transferring, so that a `bee resume` after a kill collects there.
+                remove_dir(&data)?;
+                cluster.collect_into(Some(data))?;
                 run.phase = RunPhase::Transferring;
                 run.detail = format!("saving checkpoint {} from {place}", run.checkpoints + 1);
                 self.runs.save(run)?;
-                remove_dir(&data)?;
-                cluster.collect_into(Some(data))?;
+                self.events.message(&run.detail);
                 cluster.down(self.events).await?;
                 Ok(None)
             }
@@ -364,6 +389,17 @@ impl<'a> Orchestrator<'a> {
         self.runs.save(run)?;
         self.events.message(&run.detail);
         Ok(RunOutcome::Waiting { data })
+    }
+
+    /// The error of a run that never started because every platform was skipped; the
+    /// run is recorded as failed.
+    fn no_platform(&self, run: &mut Run, skipped: &[String]) -> CoreError {
+        run.phase = RunPhase::Failed;
+        run.detail = "no platform could run it".to_string();
+        if let Err(err) = self.runs.save(run) {
+            tracing::warn!(error = %err, "cannot record the failure");
+        }
+        CoreError::NoPlatform { run: run.name.clone(), skipped: skipped.join("; ") }
     }
 
     /// Records the run as complete and drops its checkpoint, which the results replace.

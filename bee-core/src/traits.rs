@@ -157,6 +157,8 @@ pub struct ClusterPlan<'a> {
     pub networks: Vec<NodeNetwork>,
     /// The storage of each node; empty when the cluster has no shared storage.
     pub storages: Vec<NodeStorage>,
+    /// The address of the host each node runs on, from [`Backend::host_addresses`].
+    pub hosts: Vec<Ipv4Addr>,
 }
 
 /// Whether a node is still there.
@@ -175,6 +177,12 @@ pub struct NodeHealth {
 pub trait Backend: Send + Sync {
     /// The backend's name in `bee.toml`, such as `vm`.
     fn name(&self) -> &'static str;
+
+    /// The address of the host each of `nodes` nodes will run on, which the network
+    /// plans its links between. By default every node runs on this host.
+    async fn host_addresses(&self, nodes: usize) -> Result<Vec<Ipv4Addr>, CoreError> {
+        Ok(vec![Ipv4Addr::LOCALHOST; nodes])
+    }
 
     /// Starts every node of `plan` and returns once each answers SSH. Every resource is
     /// added to `store` before it is created. On error the caller tears down whatever

@@ -27,9 +27,16 @@ use crate::image::{GuestImage, ImageInputs};
 use crate::kvm;
 use crate::qemu::{self, Accel, DataNic, Disk, DiskFormat, Share, VmSpec};
 use crate::qmp::Qmp;
+use crate::slurm::{Allocation, SlurmNode};
+use crate::ssh_hosts::{self, SshHost};
 
 /// How long a guest gets to power off after an ACPI shutdown request.
 pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(20);
+/// How long a QEMU on another host may take to start: `srun` has to create a job step,
+/// `ssh` to log in.
+const STEP_START: Duration = Duration::from_secs(60);
+/// How long a QEMU, or the `srun` of its step, gets to exit after SIGTERM.
+const TERM_WAIT: Duration = Duration::from_secs(10);
 /// How long a killed QEMU may take to disappear.
 const KILL_WAIT: Duration = Duration::from_secs(10);
 /// Kernel command line of every guest.
@@ -38,27 +45,67 @@ pub const KERNEL_APPEND: &str = "root=/dev/vda rw console=ttyS0 net.ifnames=0 ap
 const PORT_ATTEMPTS: usize = 5;
 
 /// The QEMU backend.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone)]
 pub struct VmBackend {
     image: Option<GuestImage>,
     cache: Option<(PathBuf, ImageInputs)>,
+    hosts: Hosts,
+}
+
+impl Default for VmBackend {
+    fn default() -> VmBackend {
+        VmBackend::new()
+    }
 }
 
 impl VmBackend {
     /// A backend that can only inspect and tear down recorded clusters.
     pub fn new() -> VmBackend {
-        VmBackend { image: None, cache: None }
+        VmBackend { image: None, cache: None, hosts: Hosts::Local }
     }
 
     /// A backend that boots nodes from the image of `inputs` in `cache_dir`, looked up
     /// when nodes are started, so that other problems of a configuration surface first.
     pub fn from_cache(cache_dir: PathBuf, inputs: ImageInputs) -> VmBackend {
-        VmBackend { image: None, cache: Some((cache_dir, inputs)) }
+        VmBackend { image: None, cache: Some((cache_dir, inputs)), hosts: Hosts::Local }
     }
 
     /// A backend that boots nodes from `image`.
     pub fn with_image(image: GuestImage) -> VmBackend {
-        VmBackend { image: Some(image), cache: None }
+        VmBackend { image: Some(image), cache: None, hosts: Hosts::Local }
+    }
+
+    /// The same backend, starting its nodes on `hosts` (a platform's `hosts`).
+    pub fn on_hosts(mut self, hosts: Hosts) -> VmBackend {
+        self.hosts = hosts;
+        self
+    }
+
+    /// Where the nodes go: this host, a Slurm allocation, or hosts over SSH (each
+    /// checked to answer).
+    async fn placement(&self) -> Result<Placement, CoreError> {
+        Ok(match &self.hosts {
+            Hosts::Local => Placement::Local,
+            Hosts::Slurm => Placement::Slurm(Allocation::from_env().await?),
+            Hosts::List(entries) => Placement::Ssh(ssh_hosts::reach(entries).await?),
+        })
+    }
+}
+
+/// Where the nodes of a cluster run.
+enum Placement {
+    Local,
+    Slurm(Allocation),
+    Ssh(Vec<SshHost>),
+}
+
+impl Placement {
+    fn place(&self, index: usize) -> Place<'_> {
+        match self {
+            Placement::Local => Place::Local,
+            Placement::Slurm(allocation) => Place::Slurm(allocation, allocation.node_for(index)),
+            Placement::Ssh(hosts) => Place::Ssh(&hosts[index % hosts.len()]),
+        }
     }
 }
 
@@ -66,6 +113,11 @@ impl VmBackend {
 impl Backend for VmBackend {
     fn name(&self) -> &'static str {
         "vm"
+    }
+
+    async fn host_addresses(&self, nodes: usize) -> Result<Vec<Ipv4Addr>, CoreError> {
+        let placement = self.placement().await?;
+        Ok((0..nodes).map(|i| placement.place(i).addr()).collect())
     }
 
     async fn provision(
@@ -82,7 +134,7 @@ impl Backend for VmBackend {
             }
         };
         let image = &image;
-        check_plan(plan)?;
+        let placement = self.placement().await?;
         let cache = bee_core::paths::cache_dir().join("kvm-probe.json");
         let decision = kvm::choose(Some(&cache)).await.map_err(|e| backend_error(&e))?;
         if let Some(warning) = &decision.warning {
@@ -97,8 +149,22 @@ impl Backend for VmBackend {
 
         let mut nodes = Vec::new();
         for (index, name) in plan.node_names.iter().enumerate() {
-            let node = start_node(image, plan, index, name, accel, store).await?;
-            events.detail(&format!("{name}: qemu started, ssh on 127.0.0.1:{}", ssh_port(&node)));
+            let place = placement.place(index);
+            let node = start_node(image, plan, index, name, accel, &place, store).await?;
+            let ssh = node.ssh.as_ref().map(|s| format!("{}:{}", s.host, s.port));
+            let ssh = ssh.unwrap_or_default();
+            // Where a node landed matters to the user once it is not this host.
+            match &place {
+                Place::Local => events.detail(&format!("{name}: qemu started, ssh on {ssh}")),
+                Place::Slurm(allocation, node) => events.message(&format!(
+                    "{name}: qemu started on {} (step of Slurm job {}), ssh on {ssh}",
+                    node.name, allocation.job_id
+                )),
+                Place::Ssh(host) => events.message(&format!(
+                    "{name}: qemu started on {} over SSH, ssh on {ssh}",
+                    host.destination
+                )),
+            }
             nodes.push(node);
         }
         Ok(nodes)
@@ -110,8 +176,8 @@ impl Backend for VmBackend {
             .resources
             .iter()
             .filter_map(|resource| match resource {
-                Resource::Process { node, pid, start_time, .. } => {
-                    Some(process_health(store.dir(), node, *pid, *start_time))
+                Resource::Process { node, what, pid, start_time, .. } => {
+                    Some(process_health(store.dir(), node, what, *pid, *start_time))
                 }
                 _ => None,
             })
@@ -125,8 +191,8 @@ impl Backend for VmBackend {
     ) -> Result<(), CoreError> {
         let resources = store.record().resources.clone();
         let stops = resources.iter().filter_map(|resource| match resource {
-            Resource::Process { node, pid: Some(pid), start_time, qmp, .. } => {
-                Some(stop_process(node, *pid, *start_time, qmp.as_deref(), events))
+            Resource::Process { node, what, pid: Some(pid), start_time, qmp } => {
+                Some(stop_process(node, what, *pid, *start_time, qmp.as_deref(), events))
             }
             _ => None,
         });
@@ -147,30 +213,40 @@ impl Backend for VmBackend {
     }
 }
 
-fn check_plan(plan: &ClusterPlan<'_>) -> Result<(), CoreError> {
-    if let Some(platform) = plan.config.platforms.first() {
-        if platform.hosts != Hosts::Local {
-            return Err(CoreError::Unsupported {
-                what: "running VMs on other hosts (hosts = a list or \"slurm\")".to_string(),
-                instead: "use hosts = \"local\"".to_string(),
-            });
+/// Where a node's QEMU runs.
+enum Place<'a> {
+    /// On this host, daemonized.
+    Local,
+    /// In a step of a Slurm allocation, on one of its nodes.
+    Slurm(&'a Allocation, &'a SlurmNode),
+    /// In an SSH session on another host.
+    Ssh(&'a SshHost),
+}
+
+impl Place<'_> {
+    /// The address of the host.
+    fn addr(&self) -> Ipv4Addr {
+        match self {
+            Place::Local => Ipv4Addr::LOCALHOST,
+            Place::Slurm(_, node) => node.addr,
+            Place::Ssh(host) => host.addr,
         }
     }
-    Ok(())
 }
 
 /// The data-plane NICs of node `index`, in QEMU's terms. Point-to-point links use the
-/// transport the configuration asks for; multicast members send from 127.0.0.1, which
-/// needs no multicast route on the host.
+/// transport the configuration asks for; multicast members send from their host's
+/// address, which on this host is 127.0.0.1 and needs no multicast route.
 fn data_nics(plan: &ClusterPlan<'_>, index: usize) -> Result<Vec<DataNic>, CoreError> {
     let Some(network) = plan.networks.get(index) else { return Ok(Vec::new()) };
     let stream = plan.config.network.transport == Transport::Stream;
+    let localaddr = plan.hosts.get(index).copied().unwrap_or(Ipv4Addr::LOCALHOST);
     network
         .nics
         .iter()
         .map(|nic| match *nic {
             Nic::Multicast { group: SocketAddr::V4(group), mac } => {
-                Ok(DataNic::Multicast { group, localaddr: Ipv4Addr::LOCALHOST, mac })
+                Ok(DataNic::Multicast { group, localaddr, mac })
             }
             Nic::Multicast { group, .. } => {
                 Err(backend_message(format!("multicast group {group} is not IPv4")))
@@ -204,16 +280,13 @@ fn storage_devices(plan: &ClusterPlan<'_>, index: usize) -> (Vec<Share>, Vec<Dis
     (shares, disks)
 }
 
-fn ssh_port(node: &NodeRecord) -> u16 {
-    node.ssh.as_ref().map_or(0, |ssh| ssh.port)
-}
-
 async fn start_node(
     image: &GuestImage,
     plan: &ClusterPlan<'_>,
     index: usize,
     name: &str,
     accel: Accel,
+    place: &Place<'_>,
     store: &mut RecordStore,
 ) -> Result<NodeRecord, CoreError> {
     let dir = store.dir().join(name);
@@ -235,6 +308,12 @@ async fn start_node(
     disks.extend(extra_disks);
     let qmp = dir.join("qmp.sock");
     let pidfile = dir.join("qemu.pid");
+    let ssh_addr = plan.hosts.get(index).copied().unwrap_or(Ipv4Addr::LOCALHOST);
+    let what = match place {
+        Place::Local => "qemu",
+        Place::Slurm(..) => "srun",
+        Place::Ssh(..) => "ssh",
+    };
     let hardware = plan.config.hardware;
     let mut last_error = None;
     for _ in 0..PORT_ATTEMPTS {
@@ -243,7 +322,7 @@ async fn start_node(
             r.resources.push(Resource::Port { node: name.into(), what: "ssh".into(), port });
             r.resources.push(Resource::Process {
                 node: name.into(),
-                what: "qemu".into(),
+                what: what.into(),
                 pid: None,
                 start_time: None,
                 qmp: Some(qmp.clone()),
@@ -258,6 +337,7 @@ async fn start_node(
             initrd: image.initrd(),
             append: KERNEL_APPEND.to_string(),
             disks: disks.clone(),
+            ssh_addr,
             ssh_port: port,
             data_nics: data_nics.clone(),
             shares: shares.clone(),
@@ -267,10 +347,24 @@ async fn start_node(
             ],
             qmp_socket: qmp.clone(),
             serial_log: dir.join("console.log"),
-            pidfile: Some(pidfile.clone()),
+            pidfile: matches!(place, Place::Local).then(|| pidfile.clone()),
             ssh_mac: [0x52, 0x54, 0x00, 0x00, (index >> 8) as u8, index as u8],
         };
-        match spawn_qemu(name, &spec).await {
+        let spawned = match place {
+            Place::Local => spawn_qemu(name, &spec).await,
+            Place::Slurm(allocation, node) => {
+                let mut srun = allocation.srun(node, &format!("bee-{name}"), &qemu::qemu_binary());
+                srun.args(spec.render().map_err(|e| backend_error(&e))?);
+                let there = format!("in a step on Slurm node {}", node.name);
+                spawn_foreground(name, &spec, srun, &there).await
+            }
+            Place::Ssh(host) => {
+                let args = spec.render().map_err(|e| backend_error(&e))?;
+                let ssh = ssh_hosts::run_there(host, &qemu::qemu_binary(), &args);
+                spawn_foreground(name, &spec, ssh, &format!("on {}", host.destination)).await
+            }
+        };
+        match spawned {
             Ok(pid) => {
                 let start_time = process_start_time(pid);
                 store.update(|r| {
@@ -283,14 +377,14 @@ async fn start_node(
                         *s = start_time;
                     }
                 })?;
-                tracing::info!(node = name, pid, port, "qemu started");
+                tracing::info!(node = name, what, pid, port, "qemu started");
                 let known_hosts = dir.join("known_hosts");
-                std::fs::write(&known_hosts, format!("[127.0.0.1]:{port} {host_pub}\n"))
+                std::fs::write(&known_hosts, format!("[{ssh_addr}]:{port} {host_pub}\n"))
                     .map_err(|e| CoreError::io("cannot write", &known_hosts, e))?;
                 return Ok(NodeRecord {
                     name: name.to_string(),
                     ssh: Some(SshEndpoint {
-                        host: "127.0.0.1".to_string(),
+                        host: ssh_addr.to_string(),
                         port,
                         user: "bee".to_string(),
                         key: image.key(),
@@ -402,6 +496,61 @@ async fn spawn_qemu(node: &str, spec: &VmSpec) -> Result<u32, (CoreError, bool)>
     })
 }
 
+/// Starts `launcher` (`srun` or `ssh`, which runs QEMU elsewhere in its foreground) and
+/// returns its PID once QEMU answers on its QMP socket, which it does only when every
+/// device and netdev is set up. The flag tells whether the SSH port was taken.
+async fn spawn_foreground(
+    name: &str,
+    spec: &VmSpec,
+    mut command: Command,
+    there: &str,
+) -> Result<u32, (CoreError, bool)> {
+    let program = command.as_std().get_program().to_string_lossy().into_owned();
+    let failed = |detail: String| CoreError::Command { program: program.clone(), detail };
+    let log_path = spec.serial_log.with_file_name("qemu.log");
+    let log = std::fs::File::create(&log_path)
+        .map_err(|e| (CoreError::io("cannot create", &log_path, e), false))?;
+    let log_err =
+        log.try_clone().map_err(|e| (CoreError::io("cannot open", &log_path, e), false))?;
+    // Its own process group: a Ctrl-C meant for bee must not reach QEMU, which bee stops
+    // itself.
+    command.stdin(Stdio::null()).stdout(log).stderr(log_err).process_group(0);
+    tracing::debug!(node = name, command = ?command, "starting qemu {there}");
+    let mut child = command
+        .spawn()
+        .map_err(|e| (failed(format!("cannot start {program} ({e}); is it installed?")), false))?;
+    let pid = child.id().unwrap_or_default();
+    let deadline = Instant::now() + STEP_START;
+    loop {
+        if let Ok(Some(status)) = child.try_wait() {
+            let text = std::fs::read_to_string(&log_path).unwrap_or_default();
+            let port_taken = text.contains("host forwarding rule");
+            let tail = bee_core::ssh::tail(&text, 10);
+            return Err((
+                failed(format!("{name}: qemu {there} exited ({status}): {tail}")),
+                port_taken,
+            ));
+        }
+        if spec.qmp_socket.exists()
+            && Qmp::connect(&spec.qmp_socket, Duration::from_secs(2)).await.is_ok()
+        {
+            return Ok(pid);
+        }
+        if Instant::now() >= deadline {
+            let _ = kill(Pid::from_raw(pid as i32), Signal::SIGTERM);
+            let _ = tokio::time::timeout(TERM_WAIT, child.wait()).await;
+            let detail = format!(
+                "{name}: qemu {there} did not answer on {} within {}s; see {}",
+                spec.qmp_socket.display(),
+                STEP_START.as_secs(),
+                log_path.display()
+            );
+            return Err((failed(detail), false));
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
 fn free_port() -> Result<u16, CoreError> {
     let listener = TcpListener::bind(("127.0.0.1", 0))
         .map_err(|e| backend_message(format!("cannot find a free port on 127.0.0.1: {e}")))?;
@@ -430,15 +579,21 @@ fn is_running(pid: u32, start_time: Option<u64>) -> bool {
     }
 }
 
-fn process_health(dir: &Path, node: &str, pid: Option<u32>, start_time: Option<u64>) -> NodeHealth {
+fn process_health(
+    dir: &Path,
+    node: &str,
+    what: &str,
+    pid: Option<u32>,
+    start_time: Option<u64>,
+) -> NodeHealth {
     let (alive, detail) = match pid {
-        None => (false, "qemu was never started".to_string()),
-        Some(pid) if is_running(pid, start_time) => (true, format!("qemu pid {pid} running")),
+        None => (false, format!("{what} was never started")),
+        Some(pid) if is_running(pid, start_time) => (true, format!("{what} pid {pid} running")),
         Some(pid) => {
             let console = std::fs::read_to_string(dir.join(node).join("console.log"))
                 .map(|text| bee_core::ssh::tail(&text, 3))
                 .unwrap_or_default();
-            let mut detail = format!("its qemu process (pid {pid}) is gone");
+            let mut detail = format!("its {what} process (pid {pid}) is gone");
             if !console.is_empty() {
                 detail.push_str(&format!("; the console ended with: {console}"));
             }
@@ -450,6 +605,7 @@ fn process_health(dir: &Path, node: &str, pid: Option<u32>, start_time: Option<u
 
 async fn stop_process(
     node: &str,
+    what: &str,
     pid: u32,
     start_time: Option<u64>,
     qmp: Option<&Path>,
@@ -474,12 +630,19 @@ async fn stop_process(
             Err(err) => tracing::debug!(node, error = %err, "no graceful shutdown"),
         }
     }
+    // SIGTERM first: QEMU quits at once, and `srun` passes it on to the step, which
+    // SIGKILL would not.
+    let _ = kill(Pid::from_raw(pid as i32), Signal::SIGTERM);
+    if wait_gone(pid, start_time, TERM_WAIT).await {
+        events.detail(&format!("{node}: {what} stopped"));
+        return Ok(());
+    }
     let _ = kill(Pid::from_raw(pid as i32), Signal::SIGKILL);
     if wait_gone(pid, start_time, KILL_WAIT).await {
-        events.detail(&format!("{node}: qemu killed"));
+        events.detail(&format!("{node}: {what} killed"));
         Ok(())
     } else {
-        Err(backend_message(format!("{node}: qemu pid {pid} did not exit after SIGKILL")))
+        Err(backend_message(format!("{node}: {what} pid {pid} did not exit after SIGKILL")))
     }
 }
 

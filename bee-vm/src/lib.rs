@@ -7,10 +7,15 @@
 //!   (phase 2), a host key per node that bee pins, QEMU processes that outlive the `bee`
 //!   process that started them, and teardown from the on-disk record.
 //!
+//! - [`slurm`] places nodes in the current Slurm allocation (`hosts = "slurm"`), each
+//!   QEMU in its own job step.
+//!
 //! # Limitations
 //!
-//! Nodes run on this machine only (`hosts = "local"`); SSH host lists and Slurm
-//! allocations are refused at launch with an error that says so.
+//! SSH host lists (`hosts = ["h1", ...]`) are refused at launch with an error that says
+//! so. With Slurm, bee's files (image, overlays, shares) must be on a file system every
+//! node of the allocation sees at the same path, as the state and cache directories are
+//! on most clusters; the SSH port of each guest is picked free on the host that runs bee.
 
 use std::path::{Path, PathBuf};
 
@@ -19,6 +24,8 @@ pub mod image;
 pub mod kvm;
 pub mod qemu;
 pub mod qmp;
+pub mod slurm;
+pub mod ssh_hosts;
 
 pub use backend::VmBackend;
 pub use image::{GuestImage, ImageInputs};

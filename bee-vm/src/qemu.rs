@@ -306,7 +306,10 @@ pub struct VmSpec {
     pub append: String,
     /// Virtio disks, in `/dev/vda`, `/dev/vdb`, ... order.
     pub disks: Vec<Disk>,
-    /// Host port forwarded to the guest's SSH server, on 127.0.0.1 only.
+    /// Host address the guest's SSH server is forwarded from: 127.0.0.1 for a guest on
+    /// the host that runs bee, the host's own address for a guest on another host.
+    pub ssh_addr: std::net::Ipv4Addr,
+    /// Host port forwarded to the guest's SSH server.
     pub ssh_port: u16,
     /// NICs on networks between guests; `eth1`, `eth2`, ... in the guest.
     pub data_nics: Vec<DataNic>,
@@ -441,8 +444,8 @@ impl VmSpec {
     }
 
     fn render_nics(&self, args: &mut Args) {
-        let port = self.ssh_port;
-        args.pair("-netdev", format!("user,id=ssh0,hostfwd=tcp:127.0.0.1:{port}-:22"));
+        let (addr, port) = (self.ssh_addr, self.ssh_port);
+        args.pair("-netdev", format!("user,id=ssh0,hostfwd=tcp:{addr}:{port}-:22"));
         args.pair("-device", nic_device("ssh0", self.ssh_mac));
         for (index, nic) in self.data_nics.iter().enumerate() {
             let id = format!("data{index}");
@@ -567,6 +570,7 @@ mod tests {
                 format: DiskFormat::Qcow2,
                 cache: None,
             }],
+            ssh_addr: std::net::Ipv4Addr::LOCALHOST,
             ssh_port: 2222,
             data_nics: vec![],
             shares: vec![],

@@ -5,6 +5,9 @@
 //! The guest image is shared with the user's cache (`BEE_CACHE_DIR`, else `~/.cache/bee`)
 //! so that tests reuse it; `scripts/test.sh` builds it when it is missing.
 
+pub mod hosts;
+pub mod slurm;
+
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};

@@ -1,5 +1,6 @@
 //! Algorithm 1 on real guests: an MPI application outlives its time slot, is checkpointed,
-//! moves to the next platform and is restored there; with no platform left its checkpoint
+//! moves to the next platform (the nodes of a real Slurm allocation, see
+//! [`bee_tests::slurm`]) and is restored there; with no platform left its checkpoint
 //! waits for `bee resume`. Needs the guest image, which `scripts/test.sh` builds when it
 //! is missing.
 //!
@@ -10,7 +11,12 @@
 
 use std::path::{Path, PathBuf};
 
-use bee_tests::{repo_root, stderr, stdout, write_config, BeeEnv};
+use std::process::Stdio;
+
+use bee_tests::slurm::{Slurm, NODE};
+use bee_tests::{
+    bee_binary, repo_root, stderr, stdout, wait_with_timeout, write_config, BeeEnv, COMMAND_TIMEOUT,
+};
 
 /// Steps the counter runs and its sleep per step: about a minute of work, so that a slot
 /// of 50 s less a 10 s margin interrupts it.
@@ -84,13 +90,26 @@ fn run_of(env: &BeeEnv, name: &str) -> serde_json::Value {
 }
 
 #[test]
-fn a_checkpointed_run_moves_to_the_next_platform_and_ends_like_an_uninterrupted_one() {
+fn a_checkpointed_run_moves_to_a_slurm_allocation_and_ends_like_an_uninterrupted_one() {
+    let slurm = Slurm::start();
     let env = BeeEnv::new();
     let platforms = "[[platform]]\nbackend = \"vm\"\nhosts = \"local\"\ntime_slot = \"50s\"\n\
-                     [[platform]]\nbackend = \"vm\"\nhosts = \"local\"\n";
+                     [[platform]]\nbackend = \"vm\"\nhosts = \"slurm\"\n";
     let (moved_dir, moved) =
         counter_project("ckpt-move", &format!("{}{platforms}", checkpoint_section()));
-    let output = env.bee(&["run", moved.to_str().unwrap()]);
+    // `bee run` inside an allocation, as a user would type it on a login node.
+    let child = slurm
+        .command("salloc")
+        .args(["--quiet", "--nodes=1", "--job-name=ckpt-move"])
+        .arg(bee_binary())
+        .args(["run", moved.to_str().unwrap()])
+        .env("BEE_STATE_DIR", env.state_dir())
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("salloc starts");
+    let output = wait_with_timeout(child, COMMAND_TIMEOUT, "salloc bee run");
 
     let (out, err) = (stdout(&output), stderr(&output));
     assert_eq!(output.status.code(), Some(0), "stdout:\n{out}\nstderr:\n{err}");
@@ -101,8 +120,9 @@ fn a_checkpointed_run_moves_to_the_next_platform_and_ends_like_an_uninterrupted_
         ),
         "{err}"
     );
-    assert!(err.contains("checkpoint 1 saved; moving to platform 1 (vm on local)"), "{err}");
-    assert!(err.contains("restoring checkpoint 1 on platform 1 (vm on local)"), "{err}");
+    assert!(err.contains("checkpoint 1 saved; moving to platform 1 (vm on slurm)"), "{err}");
+    assert!(err.contains("restoring checkpoint 1 on platform 1 (vm on slurm)"), "{err}");
+    assert!(err.contains(&format!("ckpt-move-0: qemu started on {NODE} (step of Slurm job ")));
     assert!(out.contains("counter: checkpoint saved at step "), "{out}");
     assert!(out.contains("counter: 2 ranks, restarting at step "), "{out}");
 
@@ -116,6 +136,70 @@ fn a_checkpointed_run_moves_to_the_next_platform_and_ends_like_an_uninterrupted_
     assert_eq!(run["exit_code"], 0);
     assert!(!env.state_dir().join("runs/ckpt-move/data").exists(), "checkpoint left behind");
     env.assert_no_cluster_left();
+    assert_eq!(slurm.steps().trim(), "", "job steps left running");
+}
+
+#[test]
+fn bee_killed_while_moving_a_checkpoint_is_resumed_with_the_same_result() {
+    let env = BeeEnv::new();
+    let platforms = "[[platform]]\nbackend = \"vm\"\ntime_slot = \"50s\"\n\
+                     [[platform]]\nbackend = \"vm\"\n";
+    let (dir, config) =
+        counter_project("ckpt-kill", &format!("{}{platforms}", checkpoint_section()));
+    let mut child = env
+        .command(&["run", config.to_str().unwrap()])
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("bee starts");
+    // SIGKILL as soon as bee says it is saving the checkpoint: the run is then in its
+    // transfer (stopping the guest, collecting the shared directory), which takes seconds.
+    let transfer = "saving checkpoint 1 from platform 0";
+    let lines = stderr_lines(child.stderr.take().unwrap());
+    let mut seen = String::new();
+    let deadline = std::time::Instant::now() + COMMAND_TIMEOUT;
+    while !seen.contains(transfer) {
+        let left = deadline.saturating_duration_since(std::time::Instant::now());
+        match lines.recv_timeout(left) {
+            Ok(line) => seen.push_str(&(line + "\n")),
+            Err(_) => {
+                let _ = child.kill();
+                panic!("bee ended or hung before {transfer:?}; it said:\n{seen}");
+            }
+        }
+    }
+    child.kill().unwrap();
+    child.wait().unwrap();
+    let run = run_of(&env, "ckpt-kill");
+    assert_eq!(run["phase"], "transferring", "the kill missed the transfer: {run}\n{seen}");
+    assert!(env.state_dir().join("clusters/ckpt-kill").exists(), "the cluster was still up");
+
+    let output = env.bee(&["resume", "ckpt-kill"]);
+    let (out, err) = (stdout(&output), stderr(&output));
+    assert_eq!(output.status.code(), Some(0), "stdout:\n{out}\nstderr:\n{err}");
+    assert!(err.contains("resuming run ckpt-kill (transferring)"), "{err}");
+    assert!(err.contains("tearing down cluster ckpt-kill, left by an earlier bee"), "{err}");
+    assert!(err.contains("checkpoint 1 saved; moving to platform 1 (vm on local)"), "{err}");
+    assert!(err.contains("restoring checkpoint 1 on platform 1 (vm on local)"), "{err}");
+    assert!(out.contains("counter: 2 ranks, restarting at step "), "{out}");
+    assert_eq!(result_file(dir.path()), expected_result(RANKS, STEPS));
+    let run = run_of(&env, "ckpt-kill");
+    assert_eq!((run["phase"].as_str(), run["checkpoints"].as_u64()), (Some("completed"), Some(1)));
+    env.assert_no_cluster_left();
+}
+
+/// The lines of a child's stderr as they come, read on a thread of their own.
+fn stderr_lines(stderr: std::process::ChildStderr) -> std::sync::mpsc::Receiver<String> {
+    let (send, receive) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in std::io::BufRead::lines(std::io::BufReader::new(stderr)) {
+            let Ok(line) = line else { break };
+            if send.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    receive
 }
 
 #[test]

@@ -56,24 +56,25 @@ fn unknown_cluster_is_reported_by_down_and_ssh() {
 }
 
 #[test]
-fn platforms_other_than_local_vms_are_refused_before_anything_boots() {
+fn an_unreachable_host_is_named_before_anything_boots() {
     let env = BeeEnv::new();
     let dir = tempfile::tempdir().unwrap();
     let config = write_config(
         dir.path(),
         "[cluster]\nname = \"far\"\nnodes = 1\n[[platform]]\nbackend = \"vm\"\n\
-         hosts = [\"h1\", \"h2\"]\n",
+         hosts = [\"bee-no-such-host.invalid\"]\n",
     );
     let output = env.bee(&["up", config.to_str().unwrap()]);
     assert_eq!(output.status.code(), Some(1));
+    let err = stderr(&output);
     assert!(
-        stderr(&output).contains(
-            "bee: error: cannot start cluster far: starting 1 node(s): running VMs on other \
-             hosts (hosts = a list or \"slurm\") is not supported yet: use hosts = \"local\""
+        err.starts_with(
+            "bee: error: cannot start cluster far: placing the nodes: vm: hosts[0] = \
+             \"bee-no-such-host.invalid\": cannot reach it over SSH (exit status: 255): "
         ),
-        "{}",
-        stderr(&output)
+        "{err}"
     );
+    assert!(err.contains("Could not resolve hostname bee-no-such-host.invalid"), "{err}");
     assert!(!env.state_dir().join("clusters/far").exists());
     assert!(env.qemu_processes().is_empty());
 }
@@ -133,5 +134,45 @@ fn state_directory_too_long_for_sockets_is_refused_at_once() {
     );
     assert_eq!(stderr(&output), expected);
     assert!(!long.join("clusters/deep").exists());
+    assert!(env.qemu_processes().is_empty());
+}
+
+#[test]
+fn slurm_hosts_outside_an_allocation_are_refused_or_skipped() {
+    let env = BeeEnv::new();
+    let dir = tempfile::tempdir().unwrap();
+    let config = write_config(
+        dir.path(),
+        "[cluster]\nname = \"sl\"\nnodes = 1\n[application]\nimage = \"bee/base\"\n\
+         command = [\"true\"]\n[[platform]]\nbackend = \"vm\"\nhosts = \"slurm\"\n",
+    );
+    let reason = "hosts = \"slurm\" needs a Slurm allocation, and SLURM_JOB_ID and \
+                  SLURM_JOB_NODELIST are not set: run bee inside `salloc` or an `sbatch` script";
+    let outside = |args: &[&str]| {
+        env.command(args)
+            .env_remove("SLURM_JOB_ID")
+            .env_remove("SLURM_JOB_NODELIST")
+            .output()
+            .unwrap()
+    };
+
+    let output = outside(&["up", config.to_str().unwrap()]);
+    assert_eq!(output.status.code(), Some(1));
+    let expected =
+        format!("bee: error: cannot start cluster sl: placing the nodes: vm: {reason}\n");
+    assert_eq!(stderr(&output), expected);
+
+    // `bee run` skips the platform; with none left and nothing to resume, it fails.
+    let output = outside(&["run", config.to_str().unwrap()]);
+    assert_eq!(output.status.code(), Some(125));
+    let err = stderr(&output);
+    assert!(err.contains(&format!("skipping platform 0 (vm on slurm): {reason}")), "{err}");
+    assert!(
+        err.ends_with(&format!(
+            "bee: error: no platform can start run \"sl\": platform 0 (vm on slurm): {reason}\n"
+        )),
+        "{err}"
+    );
+    assert!(!env.state_dir().join("clusters/sl").exists());
     assert!(env.qemu_processes().is_empty());
 }

@@ -1,12 +1,16 @@
 //! Multi-node clusters: an MPI job in containers across three or four guests, on every
-//! combination of the paper's networks and storages, and a guest that dies mid-run.
+//! combination of the paper's networks and storages (one of them with the guests on two
+//! hosts reached over SSH), and a guest that dies mid-run.
 //! Needs the guest image, which `scripts/test.sh` builds when it is missing.
 
 use std::path::PathBuf;
 use std::process::Stdio;
 use std::time::Duration;
 
-use bee_tests::{repo_root, stderr, stdout, wait_until, write_config, BeeEnv};
+use bee_tests::hosts::SshHosts;
+use bee_tests::{
+    repo_root, stderr, stdout, wait_until, wait_with_timeout, write_config, BeeEnv, COMMAND_TIMEOUT,
+};
 
 /// A directory holding the mpi-pairs example's sources and a configuration for them.
 fn pairs_project(
@@ -34,10 +38,23 @@ fn pairs_project(
 
 /// Runs the pairs program on `nodes` nodes and checks its output and result files.
 fn pairs_pass(name: &str, nodes: u32, network: &str, storage: &str) {
+    pairs_pass_on(name, nodes, network, storage, None);
+}
+
+/// [`pairs_pass`] with the nodes on `hosts` (reached over SSH) instead of this host.
+fn pairs_pass_on(name: &str, nodes: u32, network: &str, storage: &str, hosts: Option<&SshHosts>) {
     let env = BeeEnv::new();
     let command = format!("[\"mpirun\", \"-np\", \"{nodes}\", \"/app/pairs\", \"/bee/shared\"]");
     let (dir, config) = pairs_project(name, nodes, network, storage, &command);
-    let output = env.bee(&["run", config.to_str().unwrap()]);
+    let mut bee = env.command(&["run", config.to_str().unwrap()]);
+    if let Some(hosts) = hosts {
+        let platform = format!("[[platform]]\nbackend = \"vm\"\nhosts = {}\n", hosts.toml_list());
+        let text = std::fs::read_to_string(&config).unwrap() + &platform;
+        std::fs::write(&config, text).unwrap();
+        bee.env("BEE_SSH_CONFIG", hosts.ssh_config());
+    }
+    let child = bee.stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap();
+    let output = wait_with_timeout(child, COMMAND_TIMEOUT, "bee run");
     let (out, err) = (stdout(&output), stderr(&output));
     assert_eq!(output.status.code(), Some(0), "stdout:\n{out}\nstderr:\n{err}");
     assert_eq!(
@@ -55,6 +72,12 @@ fn pairs_pass(name: &str, nodes: u32, network: &str, storage: &str) {
                 nodes - 1
             )
         );
+    }
+    if let Some(hosts) = hosts {
+        for (index, host) in hosts.addresses().iter().enumerate() {
+            let node = format!("{name}-{index}: qemu started on {host} over SSH");
+            assert!(err.contains(&node), "{node:?} missing from:\n{err}");
+        }
     }
     env.assert_no_cluster_left();
 }
@@ -74,9 +97,12 @@ fn p2p_star_with_virtio_9p() {
     pairs_pass("star-9p", 3, "p2p-star", "virtio-9p");
 }
 
+/// Three guests on two hosts reached over SSH (network namespaces with their own sshd):
+/// the master's star links to the other host cross the namespaces' bridge.
 #[test]
-fn p2p_star_with_data_image_nfs() {
-    pairs_pass("star-nfs", 3, "p2p-star", "data-image-nfs");
+fn p2p_star_with_data_image_nfs_across_two_ssh_hosts() {
+    let hosts = SshHosts::start(2);
+    pairs_pass_on("star-nfs", 3, "p2p-star", "data-image-nfs", Some(&hosts));
 }
 
 #[test]
@@ -114,7 +140,7 @@ fn a_guest_killed_mid_run_is_named_and_output_already_written_is_kept() {
     });
     let pid = env.kill_qemu("fault", "fault-2");
 
-    let output = bee_tests::wait_with_timeout(child, Duration::from_secs(300), "bee run");
+    let output = wait_with_timeout(child, Duration::from_secs(300), "bee run");
     let err = stderr(&output);
     assert_eq!(output.status.code(), Some(125), "{err}");
     assert!(
