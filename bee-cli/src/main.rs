@@ -12,7 +12,7 @@ use std::sync::Arc;
 
 use anyhow::{anyhow, Context, Result};
 use bee_core::cluster::{self, ClusterBuilder};
-use bee_core::config::{Hosts, StorageMode};
+use bee_core::config::{BackendKind, Hosts, StorageMode};
 use bee_core::docker::OutputStream;
 use bee_core::events::Events;
 use bee_core::orchestrator::{Orchestrator, Platforms, RunOutcome};
@@ -224,6 +224,22 @@ impl Platforms for CliPlatforms {
         Ok(builder(config, index))
     }
 
+    fn supports(&self, config: &Config, index: usize) -> Result<(), CoreError> {
+        match config.platforms.get(index).map(|p| p.backend) {
+            None | Some(BackendKind::Vm) => Ok(()),
+            Some(other) => Err(CoreError::Unsupported {
+                what: format!(
+                    "{}: platform[{index}].backend = {:?}",
+                    config.file.display(),
+                    other.name()
+                ),
+                instead: "this bee has only the VM backend (bee-aws and bee-chameleon are \
+                          placeholders); use backend = \"vm\""
+                    .to_string(),
+            }),
+        }
+    }
+
     async fn unavailable(&self, config: &Config, index: usize) -> Option<String> {
         match config.platforms.get(index).map(|p| &p.hosts) {
             Some(Hosts::Slurm) => bee_vm::slurm::unavailable(),
@@ -276,6 +292,7 @@ fn recorded_backend(store: &RecordStore) -> Result<Arc<dyn Backend>> {
 
 async fn up(config_path: &Path) -> Result<ExitCode> {
     let config = Config::load(config_path)?;
+    CliPlatforms.supports(&config, 0)?;
     let progress = Progress::new();
     let cluster = builder(&config, 0)
         .up(&config, &progress)

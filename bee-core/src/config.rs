@@ -100,9 +100,8 @@ pub struct RawConfig {
     pub application: Option<RawApplication>,
     /// `[checkpoint]`: how the application saves and restores its state.
     pub checkpoint: Option<RawCheckpoint>,
-    /// `[[platform]]`: where to run, highest priority first.
-    #[serde(default)]
-    pub platform: Vec<RawPlatform>,
+    /// `[[platform]]`: where to run, highest priority first; absent means this machine.
+    pub platform: Option<Vec<RawPlatform>>,
 }
 
 /// `[cluster]` as written.
@@ -470,7 +469,7 @@ impl RawConfig {
             storage: self.storage.as_ref().map(|s| check.storage(s)).transpose()?,
             application: self.application.as_ref().map(|a| check.application(a)).transpose()?,
             checkpoint: None,
-            platforms: check.platforms(&self.platform)?,
+            platforms: check.platforms(self.platform.as_deref())?,
         };
         let checkpoint =
             self.checkpoint.as_ref().map(|c| check.checkpoint(c, &config)).transpose()?;
@@ -732,13 +731,20 @@ impl Checker<'_> {
         })
     }
 
-    fn platforms(&self, raw: &[RawPlatform]) -> Result<Vec<Platform>, ConfigError> {
-        if raw.is_empty() {
+    fn platforms(&self, raw: Option<&[RawPlatform]>) -> Result<Vec<Platform>, ConfigError> {
+        let Some(raw) = raw else {
             return Ok(vec![Platform {
                 backend: BackendKind::Vm,
                 hosts: Hosts::Local,
                 time_slot: None,
             }]);
+        };
+        if raw.is_empty() {
+            return Err(self.invalid(
+                "platform",
+                "[]",
+                "expected at least one [[platform]] entry (or none at all, for this machine)",
+            ));
         }
         raw.iter().enumerate().map(|(index, platform)| self.platform(index, platform)).collect()
     }
@@ -1224,6 +1230,15 @@ mod tests {
             error("[cluster]\nname = \"a\"\nnodes = 1\n[[platform]]\nbackend = \"gcp\"\n"),
             "/cfg/bee.toml: platform[0].backend = \"gcp\": expected one of \"vm\", \"aws\", \
              \"chameleon\""
+        );
+    }
+
+    #[test]
+    fn empty_platform_list() {
+        assert_eq!(
+            error("platform = []\n[cluster]\nname = \"a\"\nnodes = 1\n"),
+            "/cfg/bee.toml: platform = []: expected at least one [[platform]] entry (or none at \
+             all, for this machine)"
         );
     }
 

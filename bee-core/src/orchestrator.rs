@@ -46,6 +46,12 @@ pub trait Platforms: Send + Sync {
     /// A cluster builder for `config.platforms[index]`, with its network and storage.
     fn builder(&self, config: &Config, index: usize) -> Result<ClusterBuilder, CoreError>;
 
+    /// Fails when this front end cannot build `config.platforms[index]` at all (a
+    /// backend it lacks); checked for every platform before a run starts or resumes.
+    fn supports(&self, _config: &Config, _index: usize) -> Result<(), CoreError> {
+        Ok(())
+    }
+
     /// Why `config.platforms[index]` cannot be used now (a Slurm platform outside an
     /// allocation, a host that does not answer), or `None` when it can; the orchestrator
     /// then tries the next one.
@@ -107,6 +113,7 @@ impl<'a> Orchestrator<'a> {
         config: &Config,
         output: &mut (dyn FnMut(OutputStream, &[u8]) + Send),
     ) -> Result<RunOutcome, CoreError> {
+        self.check_platforms(config)?;
         if let Some(run) = self.runs.get(&config.name)? {
             if run.checkpoints > 0 && !run.phase.is_final() {
                 return Err(CoreError::RunUnfinished { name: run.name, phase: run.phase.name() });
@@ -141,11 +148,17 @@ impl<'a> Orchestrator<'a> {
                 instead: format!("set cluster.name = {:?} again", run.name),
             });
         }
+        self.check_platforms(&config)?;
         self.events.message(&format!("resuming run {name} ({})", run.phase.name()));
         if let Some(outcome) = self.recover(&config, &mut run).await? {
             return Ok(outcome);
         }
         self.drive(&config, &mut run, output).await
+    }
+
+    /// Fails, before anything starts, when a platform of `config` cannot be built.
+    fn check_platforms(&self, config: &Config) -> Result<(), CoreError> {
+        (0..config.platforms.len()).try_for_each(|index| self.platforms.supports(config, index))
     }
 
     /// Deletes a run, its checkpoint and any cluster it left.

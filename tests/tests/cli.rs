@@ -176,3 +176,33 @@ fn slurm_hosts_outside_an_allocation_are_refused_or_skipped() {
     assert!(!env.state_dir().join("clusters/sl").exists());
     assert!(env.qemu_processes().is_empty());
 }
+
+#[test]
+fn a_backend_this_bee_lacks_is_refused_before_anything_boots() {
+    let env = BeeEnv::new();
+    let dir = tempfile::tempdir().unwrap();
+    let config = write_config(
+        dir.path(),
+        "[cluster]\nname = \"cloud\"\nnodes = 1\n[application]\nimage = \"bee/base\"\n\
+         command = [\"true\"]\n[[platform]]\nbackend = \"vm\"\n[[platform]]\n\
+         backend = \"aws\"\n",
+    );
+    let expected = format!(
+        "bee: error: {}: platform[1].backend = \"aws\" is not supported yet: this bee has \
+         only the VM backend (bee-aws and bee-chameleon are placeholders); use backend = \
+         \"vm\"\n",
+        config.display()
+    );
+    // `bee run` checks every platform, so a run does not fail when it reaches the second.
+    let output = env.bee(&["run", config.to_str().unwrap()]);
+    assert_eq!(output.status.code(), Some(125));
+    assert_eq!(stderr(&output), expected);
+
+    let first = std::fs::read_to_string(&config).unwrap().replace("\"vm\"", "\"chameleon\"");
+    std::fs::write(&config, first).unwrap();
+    let output = env.bee(&["up", config.to_str().unwrap()]);
+    assert_eq!(output.status.code(), Some(1));
+    assert!(stderr(&output).contains("platform[0].backend = \"chameleon\" is not supported"));
+    assert!(!env.state_dir().join("clusters/cloud").exists());
+    assert!(env.qemu_processes().is_empty());
+}
