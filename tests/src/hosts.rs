@@ -187,3 +187,30 @@ fn ip(args: &[&str]) {
         String::from_utf8_lossy(&output.stderr)
     );
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn each_host_answers_over_ssh_from_its_own_namespace() {
+        let hosts = SshHosts::start(2);
+        for addr in hosts.addresses() {
+            let output = Command::new("ssh")
+                .arg("-F")
+                .arg(hosts.ssh_config())
+                .args(["-o", "BatchMode=yes", addr, "ip", "-o", "-4", "addr", "show"])
+                .stdin(Stdio::null())
+                .output()
+                .unwrap();
+            let text = String::from_utf8_lossy(&output.stdout);
+            assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+            assert!(text.contains(&format!("inet {addr}/24")), "{text}");
+            let others = hosts.addresses().iter().filter(|a| *a != addr);
+            for other in others {
+                assert!(!text.contains(&format!("inet {other}/")), "{text}");
+            }
+        }
+        assert!(hosts.toml_list().starts_with("[\"10.77."), "{}", hosts.toml_list());
+    }
+}

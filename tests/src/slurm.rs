@@ -53,20 +53,15 @@ impl Slurm {
         let socket = root.join("munge/run/munge.socket");
 
         let mut slurm = Slurm { dir, daemons: Vec::new() };
-        let log = |name: &str| std::fs::File::create(slurm_log(root, name)).unwrap();
-        let munged = Command::new("munged")
+        let mut munged = Command::new("munged");
+        munged
             .arg("--foreground")
             .arg(format!("--socket={}", socket.display()))
             .arg(format!("--key-file={}", key_file.display()))
             .arg(format!("--log-file={}", root.join("log/munged.log").display()))
             .arg(format!("--pid-file={}", root.join("munge/munged.pid").display()))
-            .arg(format!("--seed-file={}", root.join("munge/seed").display()))
-            .stdin(Stdio::null())
-            .stdout(log("munged.out"))
-            .stderr(log("munged.err"))
-            .spawn()
-            .expect("munged starts");
-        slurm.daemons.push(munged);
+            .arg(format!("--seed-file={}", root.join("munge/seed").display()));
+        slurm.spawn(munged, "munged");
         wait_until("munged to create its socket", START_TIMEOUT, || socket.exists());
 
         let host = hostname();
@@ -93,24 +88,12 @@ impl Slurm {
             ),
         )
         .unwrap();
-        let slurmctld = slurm
-            .command("slurmctld")
-            .args(["-D", "-c", "-i"])
-            .stdin(Stdio::null())
-            .stdout(log("slurmctld.out"))
-            .stderr(log("slurmctld.err"))
-            .spawn()
-            .expect("slurmctld starts");
-        slurm.daemons.push(slurmctld);
-        let slurmd = slurm
-            .command("slurmd")
-            .args(["-D", "-N", NODE])
-            .stdin(Stdio::null())
-            .stdout(log("slurmd.out"))
-            .stderr(log("slurmd.err"))
-            .spawn()
-            .expect("slurmd starts");
-        slurm.daemons.push(slurmd);
+        let mut slurmctld = slurm.command("slurmctld");
+        slurmctld.args(["-D", "-c", "-i"]);
+        slurm.spawn(slurmctld, "slurmctld");
+        let mut slurmd = slurm.command("slurmd");
+        slurmd.args(["-D", "-N", NODE]);
+        slurm.spawn(slurmd, "slurmd");
         let mut last = String::new();
         let idle = || {
             let output = slurm.command("sinfo").args(["-h", "-n", NODE, "-o", "%T"]).output();
@@ -128,6 +111,20 @@ impl Slurm {
             );
         }
         slurm
+    }
+
+    /// Starts a daemon in the foreground, its output in `log/NAME.out`, to be stopped on
+    /// drop.
+    fn spawn(&mut self, mut command: Command, name: &str) {
+        let log =
+            std::fs::File::create(self.dir.path().join("log").join(format!("{name}.out"))).unwrap();
+        let child = command
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start {name}: {e}"));
+        self.daemons.push(child);
     }
 
     /// The configuration file, which every Slurm command is pointed at.
@@ -165,10 +162,6 @@ impl Drop for Slurm {
     }
 }
 
-fn slurm_log(root: &Path, name: &str) -> PathBuf {
-    root.join("log").join(name)
-}
-
 /// Polls `condition` every 200 ms until it holds or `timeout` passes.
 fn poll(timeout: Duration, mut condition: impl FnMut() -> bool) -> bool {
     let deadline = std::time::Instant::now() + timeout;
@@ -200,4 +193,25 @@ fn hostname() -> String {
 
 fn free_port() -> u16 {
     TcpListener::bind(("127.0.0.1", 0)).unwrap().local_addr().unwrap().port()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_allocation_runs_steps_on_the_node() {
+        let slurm = Slurm::start();
+        let output = slurm
+            .command("salloc")
+            .args(["--quiet", "--nodes=1", "srun", "--overlap", "sh", "-c"])
+            .arg("echo $SLURMD_NODENAME $SLURM_JOB_NODELIST")
+            .stdin(Stdio::null())
+            .output()
+            .unwrap();
+        let text = String::from_utf8_lossy(&output.stdout);
+        assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+        assert_eq!(text.trim(), format!("{NODE} {NODE}"));
+        assert_eq!(slurm.steps().trim(), "");
+    }
 }
