@@ -183,7 +183,8 @@ pub const SOCKET_PATH_LIMIT: usize = 107;
 /// The Unix sockets bee and ssh make for node `node` of the cluster in `cluster_dir`:
 /// the SSH control socket (which `openssh` puts in a `.ssh-connection` directory of six
 /// random characters and ssh first binds under a name 17 characters longer), the
-/// forwarded Docker socket and QEMU's monitor socket. Each is shown with placeholders
+/// forwarded Docker socket and QEMU's monitor socket (or its forward from another
+/// host). Each is shown with placeholders
 /// for the characters only known when it is made.
 pub fn socket_paths(cluster_dir: &Path, node: &str) -> Vec<PathBuf> {
     let control = control_dir(cluster_dir).join(".ssh-connectionXXXXXX");
@@ -191,6 +192,7 @@ pub fn socket_paths(cluster_dir: &Path, node: &str) -> Vec<PathBuf> {
         control.join("master.XXXXXXXXXXXXXXXX"),
         cluster_dir.join(format!("{node}.docker.sock")),
         cluster_dir.join(node).join("qmp.sock"),
+        cluster_dir.join(node).join("qmp-fwd.sock"),
     ]
 }
 

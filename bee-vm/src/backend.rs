@@ -41,6 +41,9 @@ const TERM_WAIT: Duration = Duration::from_secs(10);
 const KILL_WAIT: Duration = Duration::from_secs(10);
 /// Kernel command line of every guest.
 pub const KERNEL_APPEND: &str = "root=/dev/vda rw console=ttyS0 net.ifnames=0 apparmor=0 quiet";
+/// The socket in a node's directory that the ssh session of a QEMU on another host
+/// forwards to that QEMU's QMP socket.
+pub const QMP_FORWARD: &str = "qmp-fwd.sock";
 /// Attempts at finding a free SSH port when another process takes the one picked.
 const PORT_ATTEMPTS: usize = 5;
 
@@ -307,6 +310,11 @@ async fn start_node(
     let mut disks = vec![Disk { path: overlay.clone(), format: DiskFormat::Qcow2, cache: None }];
     disks.extend(extra_disks);
     let qmp = dir.join("qmp.sock");
+    // QEMU on another host serves QMP there; its ssh session forwards it to a socket here.
+    let monitor = match place {
+        Place::Ssh(_) => dir.join(QMP_FORWARD),
+        _ => qmp.clone(),
+    };
     let pidfile = dir.join("qemu.pid");
     let ssh_addr = plan.hosts.get(index).copied().unwrap_or(Ipv4Addr::LOCALHOST);
     let what = match place {
@@ -325,7 +333,7 @@ async fn start_node(
                 what: what.into(),
                 pid: None,
                 start_time: None,
-                qmp: Some(qmp.clone()),
+                qmp: Some(monitor.clone()),
             });
         })?;
         let spec = VmSpec {
@@ -356,12 +364,14 @@ async fn start_node(
                 let mut srun = allocation.srun(node, &format!("bee-{name}"), &qemu::qemu_binary());
                 srun.args(spec.render().map_err(|e| backend_error(&e))?);
                 let there = format!("in a step on Slurm node {}", node.name);
-                spawn_foreground(name, &spec, srun, &there).await
+                spawn_foreground(name, &spec, srun, &monitor, &there).await
             }
             Place::Ssh(host) => {
                 let args = spec.render().map_err(|e| backend_error(&e))?;
-                let ssh = ssh_hosts::run_there(host, &qemu::qemu_binary(), &args);
-                spawn_foreground(name, &spec, ssh, &format!("on {}", host.destination)).await
+                let forward = (monitor.as_path(), qmp.as_path());
+                let ssh = ssh_hosts::run_there(host, &qemu::qemu_binary(), &args, forward);
+                let there = format!("on {}", host.destination);
+                spawn_foreground(name, &spec, ssh, &monitor, &there).await
             }
         };
         match spawned {
@@ -496,13 +506,15 @@ async fn spawn_qemu(node: &str, spec: &VmSpec) -> Result<u32, (CoreError, bool)>
     })
 }
 
-/// Starts `launcher` (`srun` or `ssh`, which runs QEMU elsewhere in its foreground) and
-/// returns its PID once QEMU answers on its QMP socket, which it does only when every
-/// device and netdev is set up. The flag tells whether the SSH port was taken.
+/// Starts `command` (`srun` or `ssh`, which runs QEMU elsewhere in its foreground) and
+/// returns its PID once QEMU answers on `monitor` (its QMP socket, or a forward of it),
+/// which it does only when every device and netdev is set up. The flag tells whether the
+/// SSH port was taken.
 async fn spawn_foreground(
     name: &str,
     spec: &VmSpec,
     mut command: Command,
+    monitor: &Path,
     there: &str,
 ) -> Result<u32, (CoreError, bool)> {
     let program = command.as_std().get_program().to_string_lossy().into_owned();
@@ -531,9 +543,7 @@ async fn spawn_foreground(
                 port_taken,
             ));
         }
-        if spec.qmp_socket.exists()
-            && Qmp::connect(&spec.qmp_socket, Duration::from_secs(2)).await.is_ok()
-        {
+        if monitor.exists() && Qmp::connect(monitor, Duration::from_secs(2)).await.is_ok() {
             return Ok(pid);
         }
         if Instant::now() >= deadline {
@@ -541,7 +551,7 @@ async fn spawn_foreground(
             let _ = tokio::time::timeout(TERM_WAIT, child.wait()).await;
             let detail = format!(
                 "{name}: qemu {there} did not answer on {} within {}s; see {}",
-                spec.qmp_socket.display(),
+                monitor.display(),
                 STEP_START.as_secs(),
                 log_path.display()
             );

@@ -107,15 +107,28 @@ fn resolve_ipv4(name: &str) -> Result<Ipv4Addr, String> {
 }
 
 /// An `ssh` command that runs `program args...` on `host` in the foreground of a session
-/// with a pseudo-terminal, so that the program gets a hang-up when the session ends.
-pub fn run_there(host: &SshHost, program: &Path, args: &[String]) -> Command {
+/// with a pseudo-terminal, so that the program gets a hang-up when the session ends. The
+/// session forwards the Unix socket `forward.0` here to `forward.1` there (QEMU's QMP
+/// socket), so that bee reaches QEMU's monitor on any host.
+pub fn run_there(
+    host: &SshHost,
+    program: &Path,
+    args: &[String],
+    forward: (&Path, &Path),
+) -> Command {
     let mut line = format!("exec {}", quote(&program.to_string_lossy()));
     for arg in args {
         line.push(' ');
         line.push_str(&quote(arg));
     }
     let mut command = ssh();
-    command.arg("-tt").arg(&host.destination).arg("--").arg(line);
+    command
+        .args(["-o", "ExitOnForwardFailure=yes", "-o", "StreamLocalBindUnlink=yes", "-L"])
+        .arg(format!("{}:{}", forward.0.display(), forward.1.display()))
+        .arg("-tt")
+        .arg(&host.destination)
+        .arg("--")
+        .arg(line);
     command
 }
 
@@ -155,8 +168,11 @@ mod tests {
     #[test]
     fn qemu_runs_in_the_foreground_of_a_terminal_session() {
         let host = SshHost { destination: "root@h1".into(), addr: Ipv4Addr::new(10, 0, 0, 2) };
-        let command = run_there(&host, Path::new("/usr/bin/qemu"), &["-name".into(), "n 0".into()]);
+        let forward = (Path::new("/s/here.sock"), Path::new("/s/qmp.sock"));
+        let qemu = Path::new("/usr/bin/qemu");
+        let command = run_there(&host, qemu, &["-name".into(), "n 0".into()], forward);
         let args = args(&command);
+        assert!(args.contains(&"/s/here.sock:/s/qmp.sock".to_string()), "{args:?}");
         let tail = &args[args.len() - 4..];
         assert_eq!(tail, ["-tt", "root@h1", "--", "exec /usr/bin/qemu -name 'n 0'"]);
         assert!(args.contains(&"BatchMode=yes".to_string()), "{args:?}");
