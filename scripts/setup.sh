@@ -4,7 +4,8 @@
 #
 #   scripts/setup.sh            bee and the guest image
 #   scripts/setup.sh --tests    also what the tests and benchmarks need (registry server,
-#                               skopeo, busybox; fio, iperf3 and ping for bee-bench)
+#                               skopeo, busybox; fio, iperf3, ping and hpcc for
+#                               `bee bench`)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -17,7 +18,8 @@ as_root() {
   if [ "$(id -u)" -eq 0 ]; then "$@"; else sudo "$@"; fi
 }
 
-# program:package pairs; a package is installed when its program is missing.
+# program:package pairs; a package is installed when its program (or, for an absolute
+# path, that file) is missing. The font is the one `bee bench` draws its plots' text with.
 needs=(
   qemu-system-x86_64:qemu-system-x86
   qemu-img:qemu-utils
@@ -25,10 +27,11 @@ needs=(
   mkfs.ext4:e2fsprogs
   ssh:openssh-client
   ssh-keygen:openssh-client
+  /usr/share/fonts/truetype/dejavu/DejaVuSans.ttf:fonts-dejavu-core
 )
 if [ "$with_tests" = 1 ]; then
   needs+=(docker-registry:docker-registry skopeo:skopeo busybox:busybox-static)
-  needs+=(fio:fio iperf3:iperf3 ping:iputils-ping)
+  needs+=(fio:fio iperf3:iperf3 ping:iputils-ping hpcc:hpcc mpirun:openmpi-bin)
 fi
 
 # Prints the packages whose programs are missing, one a line.
@@ -36,7 +39,9 @@ missing_packages() {
   local pair program
   for pair in "${needs[@]}"; do
     program=${pair%%:*}
-    if ! command -v "$program" >/dev/null 2>&1 && [ ! -x "/usr/sbin/$program" ] \
+    if [[ $program == /* ]]; then
+      [ -e "$program" ] || printf '%s\n' "${pair#*:}"
+    elif ! command -v "$program" >/dev/null 2>&1 && [ ! -x "/usr/sbin/$program" ] \
       && [ ! -x "/sbin/$program" ]; then
       printf '%s\n' "${pair#*:}"
     fi
