@@ -1,12 +1,11 @@
-//! What every benchmark prints: progress lines on stderr, and on stdout a table or a JSON
-//! object built from medians of samples, with ratios and whether targets were met.
+//! What every benchmark prints: progress lines on stderr, and a table built from medians
+//! of samples, with ratios and whether targets were met.
 //!
 //! Nothing here measures; the benchmark modules hand their samples in.
 
 use std::time::Duration;
 
 use anyhow::Result;
-use serde_json::json;
 
 /// Runs one measurement, printing its result (`show`) or that it failed as progress.
 pub(crate) fn step<T>(
@@ -14,7 +13,7 @@ pub(crate) fn step<T>(
     measure: impl FnOnce() -> Result<T>,
     show: impl FnOnce(&T) -> String,
 ) -> Result<T> {
-    eprint!("bee-bench:   {what}: ");
+    eprint!("bee bench:   {what}: ");
     match measure() {
         Ok(value) => {
             eprintln!("{}", show(&value));
@@ -29,7 +28,7 @@ pub(crate) fn step<T>(
 
 /// A progress line on stderr that is not a measurement.
 pub(crate) fn progress(line: &str) {
-    eprintln!("bee-bench: {line}");
+    eprintln!("bee bench: {line}");
 }
 
 /// A duration as the tables show it.
@@ -72,23 +71,6 @@ pub(crate) fn median_of(samples: &[f64]) -> f64 {
         n if n % 2 == 1 => sorted[n / 2],
         n => (sorted[n / 2 - 1] + sorted[n / 2]) / 2.0,
     }
-}
-
-/// `{"median": x, "samples": [x, ...]}`; the median is `null` when there are no samples.
-pub(crate) fn samples_json(samples: &[f64]) -> serde_json::Value {
-    let median = Some(median_of(samples)).filter(|m| m.is_finite());
-    json!({ "median": median, "samples": samples })
-}
-
-/// [`samples_json`] of durations, in seconds.
-pub(crate) fn seconds_json(samples: &[Duration]) -> serde_json::Value {
-    let secs: Vec<f64> = samples.iter().map(Duration::as_secs_f64).collect();
-    json!({ "median": median(samples).as_secs_f64(), "samples": secs })
-}
-
-/// A number for JSON: `null` when it is not finite (a ratio to nothing, say).
-pub(crate) fn finite(value: f64) -> Option<f64> {
-    Some(value).filter(|v| v.is_finite())
 }
 
 /// A number with `decimals` decimals, or `-` when it is not finite.
@@ -173,12 +155,6 @@ mod tests {
         assert_eq!(median_of(&[4.0, 1.0, 3.0, 2.0]), 2.5);
         assert_eq!(median_of(&[5.0, 1.0, 3.0]), 3.0);
         assert!(median_of(&[]).is_nan());
-    }
-
-    #[test]
-    fn samples_json_has_median_and_samples() {
-        assert_eq!(samples_json(&[3.0, 1.0]), json!({ "median": 2.0, "samples": [3.0, 1.0] }));
-        assert_eq!(samples_json(&[]), json!({ "median": null, "samples": [] }));
     }
 
     #[test]
