@@ -64,7 +64,7 @@ impl Place {
         match self {
             Place::Native => "native",
             Place::Guest => "guest",
-            Place::Container => "bee container",
+            Place::Container => "container",
         }
     }
 }
@@ -437,9 +437,9 @@ mod tests {
         let met: Vec<Option<bool>> = results.comparisons.iter().map(|c| results.met(c)).collect();
         assert_eq!(met, [Some(true), Some(true), Some(false), Some(false)]);
         assert!(
-            results.table.contains(
-                "guest              19.000      0.95          1.900      0.95  >= 0.9x: met"
-            ),
+            results
+                .table
+                .contains("guest          19.000      0.95          1.900      0.95  >= 0.9x: met"),
             "{}",
             results.table
         );

@@ -272,7 +272,8 @@ fn draw_bars<DB: DrawingBackend>(
         .margin(16)
         .x_label_area_size(44)
         .y_label_area_size(72)
-        .build_cartesian_2d((0..count).into_segmented(), 0.0..top)?;
+        // A discrete range holds both its ends: 0..count - 1 is one segment per bar.
+        .build_cartesian_2d((0..count.saturating_sub(1)).into_segmented(), 0.0..top)?;
     let label = |value: &SegmentValue<u32>| match value {
         SegmentValue::CenterOf(i) => {
             bars.get(*i as usize).map_or(String::new(), |b| b.label.clone())
@@ -285,7 +286,7 @@ fn draw_bars<DB: DrawingBackend>(
         .x_labels(bars.len())
         .x_label_formatter(&label)
         .y_desc(&figure.y_label)
-        .label_style((FAMILY, 15))
+        .label_style((FAMILY, if bars.len() > 4 { 12 } else { 15 }))
         .axis_desc_style((FAMILY, 16))
         .draw()?;
 
