@@ -1,9 +1,11 @@
 //! What every benchmark prints: progress lines on stderr, and a table built from medians
 //! of samples, with ratios and whether targets were met.
 //!
-//! Nothing here measures; the benchmark modules hand their samples in.
+//! Nothing here measures; the benchmark modules hand their samples in. Every progress
+//! line starts with the time since the benchmark started, `[mm:ss]`.
 
-use std::time::Duration;
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
 
 use anyhow::Result;
 
@@ -13,7 +15,7 @@ pub(crate) fn step<T>(
     measure: impl FnOnce() -> Result<T>,
     show: impl FnOnce(&T) -> String,
 ) -> Result<T> {
-    eprint!("bee bench:   {what}: ");
+    eprint!("bee bench: {}   {what}: ", clock());
     match measure() {
         Ok(value) => {
             eprintln!("{}", show(&value));
@@ -28,7 +30,20 @@ pub(crate) fn step<T>(
 
 /// A progress line on stderr that is not a measurement.
 pub(crate) fn progress(line: &str) {
-    eprintln!("bee bench: {line}");
+    eprintln!("bee bench: {} {line}", clock());
+}
+
+/// When the first progress line was printed.
+static STARTED: OnceLock<Instant> = OnceLock::new();
+
+/// The time since the first progress line, `[mm:ss]`.
+fn clock() -> String {
+    elapsed_text(STARTED.get_or_init(Instant::now).elapsed())
+}
+
+fn elapsed_text(elapsed: Duration) -> String {
+    let secs = elapsed.as_secs();
+    format!("[{:02}:{:02}]", secs / 60, secs % 60)
 }
 
 /// A duration as the tables show it.
@@ -155,6 +170,12 @@ mod tests {
         assert_eq!(median_of(&[4.0, 1.0, 3.0, 2.0]), 2.5);
         assert_eq!(median_of(&[5.0, 1.0, 3.0]), 3.0);
         assert!(median_of(&[]).is_nan());
+    }
+
+    #[test]
+    fn elapsed_time_is_minutes_and_seconds() {
+        assert_eq!(elapsed_text(Duration::from_millis(59_999)), "[00:59]");
+        assert_eq!(elapsed_text(Duration::from_secs(3725)), "[62:05]");
     }
 
     #[test]
