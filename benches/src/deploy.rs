@@ -51,8 +51,13 @@ const SSH_POLL: Duration = Duration::from_millis(250);
 /// Interval between reads of `VmHWM` while `bee run` runs.
 const RSS_POLL: Duration = Duration::from_millis(100);
 
-/// The example `bee run` is measured with.
-const HELLO_EXAMPLE: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../examples/hello/bee.toml");
+/// The example `bee run` is measured with, built into bee so that an installed `bee bench`
+/// needs no source tree: its file names and contents.
+const HELLO_EXAMPLE: [(&str, &str); 3] = [
+    ("bee.toml", include_str!("../../examples/hello/bee.toml")),
+    ("Dockerfile", include_str!("../../examples/hello/Dockerfile")),
+    ("hello.sh", include_str!("../../examples/hello/hello.sh")),
+];
 
 /// How the peak memory is measured, as printed in the report.
 const RSS_METHOD: &str = "max of VmHWM in /proc/PID/status, polled every 100 ms";
@@ -278,11 +283,17 @@ fn bee_up(tools: &Tools, accel: Accel) -> Result<Duration> {
 /// Runs `bee run` on the hello example and returns the bee process's peak RSS in KiB.
 fn peak_rss_of_run(tools: &Tools, accel: Accel) -> Result<u64> {
     let state = BeeState::new(tools)?;
+    let example = state.path().join("hello");
+    fs::create_dir(&example).with_context(|| format!("cannot create {}", example.display()))?;
+    for (name, text) in HELLO_EXAMPLE {
+        let path = example.join(name);
+        fs::write(&path, text).with_context(|| format!("cannot write {}", path.display()))?;
+    }
     let (log, stderr) = state.log("run.stderr")?;
     let child = tools
         .bee(state.path(), accel)
         .arg("run")
-        .arg(HELLO_EXAMPLE)
+        .arg(example.join("bee.toml"))
         .stdout(Stdio::null())
         .stderr(stderr)
         .spawn()
