@@ -266,24 +266,28 @@ fn draw_bars<DB: DrawingBackend>(
         .iter()
         .flat_map(|b| std::iter::once(b.value).chain(b.samples.iter().copied()).chain(b.target));
     let top = axis_top(values.chain(parity.then_some(1.0)));
-    let count = bars.len() as u32;
+    // A lone bar gets an empty slot on each side, so that it is not as wide as the chart.
+    let pad = u32::from(bars.len() == 1);
+    let slots = bars.len() as u32 + 2 * pad;
+    let slot = |i: usize| i as u32 + pad;
     let mut chart = ChartBuilder::on(root)
         .caption(&figure.title, (FAMILY, 22))
         .margin(16)
         .x_label_area_size(44)
         .y_label_area_size(72)
-        // A discrete range holds both its ends: 0..count - 1 is one segment per bar.
-        .build_cartesian_2d((0..count.saturating_sub(1)).into_segmented(), 0.0..top)?;
+        // A discrete range holds both its ends: 0..slots - 1 is one segment per slot.
+        .build_cartesian_2d((0..slots - 1).into_segmented(), 0.0..top)?;
     let label = |value: &SegmentValue<u32>| match value {
-        SegmentValue::CenterOf(i) => {
-            bars.get(*i as usize).map_or(String::new(), |b| b.label.clone())
-        }
+        SegmentValue::CenterOf(s) => s
+            .checked_sub(pad)
+            .and_then(|i| bars.get(i as usize))
+            .map_or(String::new(), |b| b.label.clone()),
         _ => String::new(),
     };
     chart
         .configure_mesh()
         .disable_x_mesh()
-        .x_labels(bars.len())
+        .x_labels(slots as usize)
         .x_label_formatter(&label)
         .y_desc(&figure.y_label)
         .label_style((FAMILY, if bars.len() > 4 { 12 } else { 15 }))
@@ -294,28 +298,27 @@ fn draw_bars<DB: DrawingBackend>(
     chart.draw_series(bars.iter().enumerate().map(|(i, bar)| {
         let color = color_of(colors, bar.reference);
         colors += usize::from(!bar.reference);
-        let i = i as u32;
-        let corners = [(SegmentValue::Exact(i), 0.0), (SegmentValue::Exact(i + 1), bar.value)];
+        let corners =
+            [(SegmentValue::Exact(slot(i)), 0.0), (SegmentValue::Exact(slot(i) + 1), bar.value)];
         let mut rectangle = Rectangle::new(corners, color.filled());
         rectangle.set_margin(0, 0, 14, 14);
         rectangle
     }))?;
     let samples = bars.iter().enumerate().flat_map(|(i, bar)| {
-        bar.samples.iter().map(move |&v| (SegmentValue::CenterOf(i as u32), v))
+        bar.samples.iter().map(move |&v| (SegmentValue::CenterOf(slot(i)), v))
     });
     chart.draw_series(samples.map(|point| Circle::new(point, 3, BLACK.filled())))?;
     let targets = bars.iter().enumerate().filter_map(|(i, bar)| {
-        let i = i as u32;
         bar.target.map(|t| {
             PathElement::new(
-                vec![(SegmentValue::Exact(i), t), (SegmentValue::Exact(i + 1), t)],
+                vec![(SegmentValue::Exact(slot(i)), t), (SegmentValue::Exact(slot(i) + 1), t)],
                 TARGET_COLOR.stroke_width(3),
             )
         })
     });
     chart.draw_series(targets)?;
     if parity {
-        let line = vec![(SegmentValue::Exact(0), 1.0), (SegmentValue::Exact(count), 1.0)];
+        let line = vec![(SegmentValue::Exact(0), 1.0), (SegmentValue::Exact(slots), 1.0)];
         chart.draw_series(std::iter::once(PathElement::new(line, BLACK.stroke_width(1))))?;
     }
     Ok(())
@@ -343,7 +346,14 @@ fn draw_lines<DB: DrawingBackend>(
         .configure_mesh()
         .x_desc(x_label)
         .y_desc(&figure.y_label)
-        .x_label_formatter(&|x| format!("{x:.0}"))
+        // Only whole numbers of nodes are labelled.
+        .x_label_formatter(&|x| {
+            if (x - x.round()).abs() < 1e-9 {
+                format!("{x:.0}")
+            } else {
+                String::new()
+            }
+        })
         .label_style((FAMILY, 15))
         .axis_desc_style((FAMILY, 16))
         .draw()?;
