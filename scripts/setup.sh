@@ -5,8 +5,8 @@
 #   scripts/setup.sh            bee and the guest image
 #   scripts/setup.sh --tests    also what the tests and benchmarks need (registry server,
 #                               skopeo, busybox; Slurm and munge; sshd and iproute2
-#                               for the SSH host tests; fio, iperf3 and ping for the
-#                               benchmarks)
+#                               for the SSH host tests; fio, iperf3, ping and hpcc for
+#                               `bee bench`)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -19,7 +19,8 @@ as_root() {
   if [ "$(id -u)" -eq 0 ]; then "$@"; else sudo "$@"; fi
 }
 
-# program:package pairs; a package is installed when its program is missing.
+# program:package pairs; a package is installed when its program (or, for an absolute
+# path, that file) is missing. The font is the one `bee bench` draws its plots' text with.
 needs=(
   qemu-system-x86_64:qemu-system-x86
   qemu-img:qemu-utils
@@ -27,12 +28,13 @@ needs=(
   mkfs.ext4:e2fsprogs
   ssh:openssh-client
   ssh-keygen:openssh-client
+  /usr/share/fonts/truetype/dejavu/DejaVuSans.ttf:fonts-dejavu-core
 )
 if [ "$with_tests" = 1 ]; then
   needs+=(docker-registry:docker-registry skopeo:skopeo busybox:busybox-static)
   needs+=(slurmctld:slurmctld slurmd:slurmd srun:slurm-client munged:munge)
   needs+=(sshd:openssh-server ip:iproute2)
-  needs+=(fio:fio iperf3:iperf3 ping:iputils-ping)
+  needs+=(fio:fio iperf3:iperf3 ping:iputils-ping hpcc:hpcc mpirun:openmpi-bin)
 fi
 
 # Prints the packages whose programs are missing, one a line.
@@ -40,7 +42,9 @@ missing_packages() {
   local pair program
   for pair in "${needs[@]}"; do
     program=${pair%%:*}
-    if ! command -v "$program" >/dev/null 2>&1 && [ ! -x "/usr/sbin/$program" ] \
+    if [[ $program == /* ]]; then
+      [ -e "$program" ] || printf '%s\n' "${pair#*:}"
+    elif ! command -v "$program" >/dev/null 2>&1 && [ ! -x "/usr/sbin/$program" ] \
       && [ ! -x "/sbin/$program" ]; then
       printf '%s\n' "${pair#*:}"
     fi

@@ -23,3 +23,6 @@ echo "test: single-guest tests" >&2
 cargo test --locked -p bee-tests --test vm -- --test-threads 3
 echo "test: multi-node clusters" >&2
 cargo test --locked -p bee-tests --test mpi --test checkpoint -- --test-threads 1
+# Benchmarks measure: one at a time, so that no other guest takes their CPU.
+echo "test: bee bench --quick" >&2
+cargo test --locked -p bee-tests --test bench -- --test-threads 1

@@ -93,6 +93,21 @@ enum Commands {
         /// The cluster name.
         cluster: String,
     },
+    /// Measure bee against references run on this host in the same invocation, and write
+    /// report.json, summary.md and plots.
+    Bench {
+        /// What to measure.
+        kind: bee_benches::Kind,
+        /// The reduced set, in a few minutes.
+        #[arg(long)]
+        quick: bool,
+        /// Runs of each measurement (default: 1 with --quick, else 3).
+        #[arg(long, value_parser = clap::value_parser!(u32).range(1..=100))]
+        runs: Option<u32>,
+        /// The output directory (default: ./bee-bench-KIND-TIMESTAMP).
+        #[arg(long, value_name = "DIR")]
+        out: Option<PathBuf>,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -110,6 +125,10 @@ enum ImageCommand {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     init_logging(cli.verbose);
+    // The benchmarks drive `bee` as child processes and start their own runtimes.
+    if let Commands::Bench { kind, quick, runs, out } = cli.command {
+        return bench(bee_benches::Options { kind, quick, runs, out, bee: None });
+    }
     let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(runtime) => runtime,
         Err(err) => {
@@ -170,6 +189,30 @@ async fn dispatch(command: Commands) -> Result<ExitCode> {
         Commands::Status { json } => status(json).await,
         Commands::Ssh { cluster, node, command } => ssh(&cluster, node.as_deref(), &command),
         Commands::Down { cluster } => down(&cluster).await,
+        Commands::Bench { .. } => unreachable!("bee bench runs before the runtime starts"),
+    }
+}
+
+/// `bee bench`: prints the table on stdout and where the report went on stderr.
+fn bench(mut options: bee_benches::Options) -> ExitCode {
+    options.bee = std::env::current_exe().ok();
+    match bee_benches::run(&options) {
+        Ok(outcome) => {
+            print!("{}", outcome.table);
+            let missed = match outcome.missed {
+                0 => "every target met".to_owned(),
+                n => format!("{n} target(s) missed"),
+            };
+            eprintln!("bee: bench report in {} ({missed}):", outcome.dir.display());
+            for file in &outcome.files {
+                eprintln!("  {}", file.display());
+            }
+            ExitCode::SUCCESS
+        }
+        Err(err) => {
+            eprintln!("bee: error: {}", format_chain(&err));
+            ExitCode::FAILURE
+        }
     }
 }
 

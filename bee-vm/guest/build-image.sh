@@ -207,8 +207,9 @@ chmod 0644 "$OUTDIR/bee_ed25519.pub"
 #######################################################################
 step 3 "bootstrapping guest rootfs and container rootfs (mmdebstrap)"
 
-# The container image: enough to compile and run MPI C programs.
-container_pkgs=openmpi-bin,libopenmpi-dev,gcc,libc6-dev,openssh-client
+# The container image: enough to compile and run MPI C programs, and hpcc
+# (HPC Challenge, with Debian's reference BLAS) for `bee bench compute`.
+container_pkgs=openmpi-bin,libopenmpi-dev,gcc,libc6-dev,openssh-client,hpcc
 
 # Hook run inside the container build before it is packed. Docker's default
 # seccomp/capabilities forbid process_vm_readv, so Open MPI's shared-memory
@@ -273,6 +274,7 @@ guest_pkgs=(
     nfs-kernel-server nfs-common
     bridge-utils iproute2 iputils-ping
     fio iperf3
+    hpcc
 )
 # Also in the background, with `wait`: bash runs the INT/TERM traps only
 # after a foreground command ends, and a build that is cancelled should stop

@@ -101,7 +101,7 @@ pub(crate) fn choose_accel() -> Result<Accel> {
     let cache = bee_core::paths::cache_dir().join(KVM_PROBE_CACHE);
     let decision = runtime.block_on(kvm::choose(Some(&cache)))?;
     if let Some(warning) = decision.warning {
-        crate::report::progress(&format!("warning: {warning}"));
+        crate::text::progress(&format!("warning: {warning}"));
     }
     Ok(decision.accel)
 }
@@ -174,7 +174,7 @@ pub(crate) fn clean_up_on_interrupt() -> Result<()> {
     thread::spawn(move || {
         runtime.block_on(interrupt.recv());
         // On a line of its own: a step may have printed half of one.
-        eprintln!("\nbee-bench: interrupted: stopping the clusters and removing temp dirs");
+        eprintln!("\nbee bench: interrupted: stopping the clusters and removing temp dirs");
         for pid in children().drain(..) {
             let _ = kill(Pid::from_raw(pid as i32), Signal::SIGKILL);
         }
@@ -186,6 +186,16 @@ pub(crate) fn clean_up_on_interrupt() -> Result<()> {
         std::process::exit(130);
     });
     Ok(())
+}
+
+/// Lists `dir` (the output directory of a run) for removal on Ctrl-C.
+pub(crate) fn remove_on_interrupt(dir: &Path) {
+    live().push((dir.to_path_buf(), None));
+}
+
+/// Takes `dir` off the list [`remove_on_interrupt`] added it to.
+pub(crate) fn forget_on_interrupt(dir: &Path) {
+    live().retain(|(listed, _)| listed != dir);
 }
 
 /// Brings down every cluster in state directory `dir` (when `bee` is given), then removes

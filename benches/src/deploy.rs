@@ -1,4 +1,4 @@
-//! `bee-bench deploy`: how long `bee up` takes to Docker ready against a plain QEMU boot
+//! `bee bench deploy`: how long `bee up` takes to Docker ready against a plain QEMU boot
 //! of the same guest to SSH, and how much memory bee itself uses.
 //!
 //! It interleaves, run after run:
@@ -35,8 +35,9 @@ use crate::bee::{
     check_bee, free_port, run_quietly, tail, wait_with_deadline, BeeState, Cluster, ScratchDir,
     Tools, Tracked, DEADLINE,
 };
-use crate::report::{median, mib, progress, row, seconds_json, secs, step, verdict};
-use crate::Common;
+use crate::results::{Better, Comparison, Metric, Results, Series, Target, TargetOn};
+use crate::text::{median, mib, progress, row, secs, step, verdict};
+use crate::{Common, Kind};
 
 /// Target for bee-up time over plain-QEMU boot time.
 const RATIO_TARGET: f64 = 1.3;
@@ -50,17 +51,32 @@ const SSH_POLL: Duration = Duration::from_millis(250);
 /// Interval between reads of `VmHWM` while `bee run` runs.
 const RSS_POLL: Duration = Duration::from_millis(100);
 
-/// The example `bee run` is measured with.
-const HELLO_EXAMPLE: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../examples/hello/bee.toml");
+/// The example `bee run` is measured with, built into bee so that an installed `bee bench`
+/// needs no source tree: its file names and contents.
+const HELLO_EXAMPLE: [(&str, &str); 3] = [
+    ("bee.toml", include_str!("../../examples/hello/bee.toml")),
+    ("Dockerfile", include_str!("../../examples/hello/Dockerfile")),
+    ("hello.sh", include_str!("../../examples/hello/hello.sh")),
+];
 
 /// How the peak memory is measured, as printed in the report.
 const RSS_METHOD: &str = "max of VmHWM in /proc/PID/status, polled every 100 ms";
 
+/// The subject names of the deploy time.
+const REFERENCE: &str = "plain qemu";
+/// See [`REFERENCE`].
+const BEE_UP: &str = "bee up";
+
 /// The one-node cluster `bee up` is timed with.
 const UP_CLUSTER: &str = "bench-up";
 
-/// Runs the deploy benchmark and prints its report.
-pub(crate) fn run(common: &Common) -> Result<()> {
+/// Fixed and per-run time on a two-core TCG host: three boots a run.
+pub(crate) fn expected(_quick: bool) -> (Duration, Duration) {
+    (Duration::from_secs(10), Duration::from_secs(200))
+}
+
+/// Runs the deploy benchmark.
+pub(crate) fn run(common: &Common) -> Result<Results> {
     let forced = kvm::forced_from_env()?;
     let accel = forced.unwrap_or(Accel::Tcg);
     let tools = Tools::locate(common.bee.clone())?;
@@ -79,12 +95,7 @@ pub(crate) fn run(common: &Common) -> Result<()> {
     }
 
     let report = Report { accel, runs, probe, samples };
-    if common.json {
-        println!("{}", serde_json::to_string_pretty(&report.to_json())?);
-    } else {
-        print!("{}", report.table());
-    }
-    Ok(())
+    Ok(report.results(common.quick))
 }
 
 /// A size in KiB as the table shows it, in MiB.
@@ -112,7 +123,7 @@ fn measure_probe(forced: Option<Accel>) -> Result<Probe> {
         return Ok(Probe::NoDevice);
     }
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
-    eprint!("bee-bench: bee's kvm probe: ");
+    eprint!("bee bench: bee's kvm probe: ");
     let start = Instant::now();
     let outcome = runtime.block_on(kvm::probe(kvm::PROBE_TIMEOUT));
     let elapsed = start.elapsed();
@@ -272,11 +283,17 @@ fn bee_up(tools: &Tools, accel: Accel) -> Result<Duration> {
 /// Runs `bee run` on the hello example and returns the bee process's peak RSS in KiB.
 fn peak_rss_of_run(tools: &Tools, accel: Accel) -> Result<u64> {
     let state = BeeState::new(tools)?;
+    let example = state.path().join("hello");
+    fs::create_dir(&example).with_context(|| format!("cannot create {}", example.display()))?;
+    for (name, text) in HELLO_EXAMPLE {
+        let path = example.join(name);
+        fs::write(&path, text).with_context(|| format!("cannot write {}", path.display()))?;
+    }
     let (log, stderr) = state.log("run.stderr")?;
     let child = tools
         .bee(state.path(), accel)
         .arg("run")
-        .arg(HELLO_EXAMPLE)
+        .arg(example.join("bee.toml"))
         .stdout(Stdio::null())
         .stderr(stderr)
         .spawn()
@@ -373,31 +390,92 @@ impl Report {
         }
     }
 
-    /// The JSON report, `version` 1.
-    fn to_json(&self) -> serde_json::Value {
+    /// The results for `report.json`: the two boot times side by side, and bee's memory.
+    fn results(&self, quick: bool) -> Results {
+        let seconds = |samples: &[Duration]| samples.iter().map(Duration::as_secs_f64).collect();
+        let rss_mib: Vec<f64> = self.samples.rss_kib.iter().map(|&kib| mib(kib)).collect();
         let (probe_s, probe_outcome) = match &self.probe {
             Probe::Forced => (None, "not run: BEE_ACCEL set".to_owned()),
             Probe::NoDevice => (None, "not run: /dev/kvm does not open".to_owned()),
             Probe::Ran(elapsed, outcome) => (Some(elapsed.as_secs_f64()), describe(outcome)),
         };
-        let rss_mib: Vec<f64> = self.samples.rss_kib.iter().map(|&kib| mib(kib)).collect();
-        json!({
-            "version": 1,
-            "benchmark": "deploy",
-            "accel": self.accel.as_str(),
-            "runs": self.runs,
-            "reference_boot_to_ssh_s": seconds_json(&self.samples.reference),
-            "bee_up_to_docker_s": seconds_json(&self.samples.bee_up),
-            "ratio": self.ratio(),
-            "ratio_target": RATIO_TARGET,
-            "ratio_met": self.ratio_met(),
-            "bee_peak_rss_mib": { "max": mib(self.peak_rss_kib()), "samples": rss_mib },
-            "rss_target_mib": RSS_TARGET_MIB,
-            "rss_met": self.rss_met(),
-            "rss_method": RSS_METHOD,
-            "kvm_probe_s": probe_s,
-            "kvm_probe_outcome": probe_outcome,
-        })
+        Results {
+            kind: Kind::Deploy,
+            accel: self.accel,
+            quick,
+            runs: self.runs,
+            settings: json!({
+                "guest_cpus": 1,
+                "guest_memory_mib": 1024,
+                "kvm_probe_s": probe_s,
+                "kvm_probe_outcome": probe_outcome,
+            }),
+            metrics: vec![
+                Metric {
+                    id: "deploy_time",
+                    title: "time to a usable guest (plain QEMU: SSH; bee up: Docker)".to_owned(),
+                    unit: "s",
+                    better: Better::Lower,
+                    x_label: None,
+                },
+                Metric {
+                    id: "bee_peak_rss",
+                    title: "peak memory of the bee process during bee run".to_owned(),
+                    unit: "MiB",
+                    better: Better::Lower,
+                    x_label: None,
+                },
+            ],
+            series: vec![
+                Series {
+                    metric: "deploy_time",
+                    subject: REFERENCE.to_owned(),
+                    x: None,
+                    samples: seconds(&self.samples.reference),
+                },
+                Series {
+                    metric: "deploy_time",
+                    subject: BEE_UP.to_owned(),
+                    x: None,
+                    samples: seconds(&self.samples.bee_up),
+                },
+                Series {
+                    metric: "bee_peak_rss",
+                    subject: "bee".to_owned(),
+                    x: None,
+                    samples: rss_mib,
+                },
+            ],
+            comparisons: vec![
+                Comparison {
+                    metric: "deploy_time",
+                    subject: BEE_UP.to_owned(),
+                    x: None,
+                    reference: Some(REFERENCE.to_owned()),
+                    target: Some(Target {
+                        on: TargetOn::Ratio,
+                        at_least: false,
+                        value: RATIO_TARGET,
+                    }),
+                },
+                Comparison {
+                    metric: "bee_peak_rss",
+                    subject: "bee".to_owned(),
+                    x: None,
+                    reference: None,
+                    target: Some(Target {
+                        on: TargetOn::Median,
+                        at_least: false,
+                        value: RSS_TARGET_MIB,
+                    }),
+                },
+            ],
+            notes: vec![
+                format!("peak RSS: {RSS_METHOD}"),
+                "the KVM probe is not part of the bee up time; see settings".to_owned(),
+            ],
+            table: self.table(),
+        }
     }
 }
 
@@ -448,20 +526,14 @@ peak RSS: max of VmHWM in /proc/PID/status, polled every 100 ms
     }
 
     #[test]
-    fn json_parses_back() {
+    fn results_hold_every_sample_and_both_targets() {
         let probe = Probe::Ran(Duration::from_millis(4100), ProbeOutcome::Hung(kvm::PROBE_TIMEOUT));
-        let text = serde_json::to_string(&report(probe).to_json()).unwrap();
-        let value: serde_json::Value = serde_json::from_str(&text).unwrap();
-        assert_eq!(value["version"], 1);
-        assert_eq!(value["accel"], "tcg");
-        assert_eq!(value["reference_boot_to_ssh_s"]["median"], 40.0);
-        assert_eq!(value["bee_up_to_docker_s"]["samples"], json!([44.0, 60.0, 52.0]));
-        assert_eq!(value["ratio"], 1.3);
-        assert_eq!(value["ratio_met"], false);
-        assert_eq!(value["rss_met"], true);
-        assert_eq!(value["bee_peak_rss_mib"]["max"], 12.5);
-        assert_eq!(value["kvm_probe_s"], 4.1);
-        assert_eq!(value["kvm_probe_outcome"], "hung for 4s, bee falls back to tcg");
+        let results = report(probe).results(false);
+        assert_eq!(results.series[1].samples, [44.0, 60.0, 52.0]);
+        let met: Vec<Option<bool>> = results.comparisons.iter().map(|c| results.met(c)).collect();
+        assert_eq!(met, [Some(false), Some(true)]);
+        assert_eq!(results.ratio(&results.comparisons[0]), 1.3);
+        assert_eq!(results.settings["kvm_probe_outcome"], "hung for 4s, bee falls back to tcg");
     }
 
     #[test]

@@ -1,4 +1,4 @@
-//! `bee-bench network`: TCP bandwidth, round-trip latency and all-to-all transfer time on
+//! `bee bench network`: TCP bandwidth, round-trip latency and all-to-all transfer time on
 //! each of bee's data-plane networks, against two guests joined by one direct link.
 //!
 //! For each mode (`multicast`, `p2p-star`, `p2p-tree`) it starts one cluster of four nodes
@@ -55,10 +55,9 @@ use crate::bee::{
     choose_accel, free_port, node_addr, require_host_tool, BeeState, Cluster, Remote, Tools,
     Tracked, COMMAND_DEADLINE,
 };
-use crate::report::{
-    finite, fixed, median_of, progress, samples_json, secs, step, verdict, Align, Table,
-};
-use crate::Common;
+use crate::results::{Better, Comparison, Metric, Results, Series, Target, TargetOn};
+use crate::text::{fixed, median_of, progress, secs, step, verdict, Align, Table};
+use crate::{Common, Kind};
 
 /// The modes measured, in report order.
 const MODES: [NetworkMode; 3] =
@@ -66,6 +65,13 @@ const MODES: [NetworkMode; 3] =
 
 /// Nodes of each mode's cluster.
 const NODES: u32 = 4;
+
+/// The modes `--quick` measures: bee's default.
+const QUICK_MODES: [NetworkMode; 1] = [NetworkMode::P2pTree];
+
+/// Nodes of each mode's cluster with `--quick`: the measured pair is still two hops
+/// apart, below the master.
+const QUICK_NODES: u32 = 3;
 
 /// The measured pair in each mode's cluster: sender, receiver.
 const PAIR: (u32, u32) = (1, 2);
@@ -84,6 +90,11 @@ const TRANSPORT: &str = "stream";
 
 /// Guest memory, as `[hardware] memory` takes it.
 const GUEST_MEMORY: &str = "1GiB";
+
+/// The subject names of the reference and the host's loopback in the results.
+const REFERENCE: &str = "reference";
+/// See [`REFERENCE`].
+const LOOPBACK: &str = "host loopback";
 
 /// Port of the iperf3 server on the receiver of the measured pair.
 const PAIR_PORT: u16 = 5201;
@@ -105,6 +116,10 @@ const FIRST_PING_WAIT: u32 = 30;
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 struct Settings {
     quick: bool,
+    /// The modes measured, in report order.
+    modes: &'static [NetworkMode],
+    /// Nodes of each mode's cluster.
+    nodes: u32,
     /// `iperf3 -t` of the bandwidth measurement.
     iperf_secs: u32,
     /// Pings of the latency measurement.
@@ -116,9 +131,11 @@ struct Settings {
 impl Settings {
     fn new(quick: bool) -> Settings {
         if quick {
-            Settings { quick, iperf_secs: 3, pings: 5, all_to_all_mib: 8 }
+            let (modes, nodes) = (&QUICK_MODES[..], QUICK_NODES);
+            Settings { quick, modes, nodes, iperf_secs: 3, pings: 5, all_to_all_mib: 8 }
         } else {
-            Settings { quick, iperf_secs: 10, pings: 20, all_to_all_mib: 32 }
+            let (modes, nodes) = (&MODES[..], NODES);
+            Settings { quick, modes, nodes, iperf_secs: 10, pings: 20, all_to_all_mib: 32 }
         }
     }
 }
@@ -147,13 +164,13 @@ impl Setup {
         }
     }
 
-    fn of_mode(mode: NetworkMode) -> Setup {
+    fn of_mode(mode: NetworkMode, nodes: u32) -> Setup {
         Setup {
             name: format!("net-{}", mode.name()),
             mode,
-            nodes: NODES,
+            nodes,
             pair: PAIR,
-            all_to_all: (2..=NODES).collect(),
+            all_to_all: (2..=nodes).collect(),
         }
     }
 
@@ -318,16 +335,21 @@ impl PathSamples {
     fn all_to_all(&self, k: u32) -> f64 {
         self.all_to_all_s.get(&k).map_or(f64::NAN, |s| median_of(s))
     }
+}
 
-    fn all_to_all_json(&self) -> Value {
-        let by_k: serde_json::Map<String, Value> =
-            self.all_to_all_s.iter().map(|(k, s)| (k.to_string(), samples_json(s))).collect();
-        Value::Object(by_k)
+/// Fixed and per-run time on a two-core TCG host: one boot of each cluster, then the
+/// measurements of each.
+pub(crate) fn expected(quick: bool) -> (Duration, Duration) {
+    if quick {
+        (Duration::from_secs(300), Duration::from_secs(60))
+    } else {
+        (Duration::from_secs(900), Duration::from_secs(240))
     }
 }
 
-/// Runs the network benchmark and prints its report.
-pub(crate) fn run(common: &Common, quick: bool) -> Result<()> {
+/// Runs the network benchmark.
+pub(crate) fn run(common: &Common) -> Result<Results> {
+    let quick = common.quick;
     require_host_tool("iperf3", "iperf3")?;
     require_host_tool("ping", "iputils-ping")?;
     let tools = Tools::locate(common.bee.clone())?;
@@ -346,17 +368,13 @@ pub(crate) fn run(common: &Common, quick: bool) -> Result<()> {
 
     let reference = measure(&tools, accel, &settings, runs, &Setup::reference())?;
     let mut modes = Vec::new();
-    for mode in MODES {
-        modes.push((mode, measure(&tools, accel, &settings, runs, &Setup::of_mode(mode))?));
+    for &mode in settings.modes {
+        let setup = Setup::of_mode(mode, settings.nodes);
+        modes.push((mode, measure(&tools, accel, &settings, runs, &setup)?));
     }
 
     let report = Report { accel, runs, settings, loopback, reference, modes };
-    if common.json {
-        println!("{}", serde_json::to_string_pretty(&report.to_json())?);
-    } else {
-        print!("{}", report.table());
-    }
-    Ok(())
+    Ok(report.results())
 }
 
 fn mbit_text(mbit: &f64) -> String {
@@ -647,7 +665,8 @@ impl Report {
         let mut columns = vec![("path", Align::Left), ("hops", Align::Right)];
         columns.extend([("Mbit/s", Align::Right), ("x ref", Align::Right)]);
         columns.extend([("rtt ms", Align::Right), ("x ref", Align::Right)]);
-        let a2a: Vec<String> = (2..=NODES)
+        let nodes = settings.nodes;
+        let a2a: Vec<String> = (2..=nodes)
             .map(|k| if k == 2 { format!("a2a k={k}") } else { format!("k={k}") })
             .collect();
         columns.extend(a2a.iter().map(|name| (name.as_str(), Align::Right)));
@@ -656,7 +675,7 @@ impl Report {
 
         let dash = || "-".to_owned();
         let all_to_all = |samples: &PathSamples| -> Vec<String> {
-            (2..=NODES).map(|k| fixed(samples.all_to_all(k), 1)).collect()
+            (2..=nodes).map(|k| fixed(samples.all_to_all(k), 1)).collect()
         };
         let loopback = &self.loopback;
         table.push(vec![
@@ -679,7 +698,7 @@ impl Report {
         cells.extend(all_to_all(&self.reference));
         table.push(cells);
         for (mode, samples) in &self.modes {
-            let setup = Setup::of_mode(*mode);
+            let setup = Setup::of_mode(*mode, nodes);
             let mut cells = vec![
                 mode.name().to_owned(),
                 setup.hops().to_string(),
@@ -701,7 +720,7 @@ impl Report {
         let (from, to) = PAIR;
         let (ref_from, ref_to) = REFERENCE_PAIR;
         out += &format!(
-            "modes: {NODES} nodes, node {from} to {to}; reference: {REFERENCE_NODES} nodes on one \
+            "modes: {nodes} nodes, node {from} to {to}; reference: {REFERENCE_NODES} nodes on one \
              direct link, node {ref_from} to {ref_to}\n"
         );
         out += &format!(
@@ -721,61 +740,109 @@ impl Report {
         out
     }
 
-    /// The JSON report, `version` 1.
-    fn to_json(&self) -> Value {
+    /// The results for `report.json`: every path's samples, the modes against the
+    /// reference.
+    fn results(&self) -> Results {
         let settings = &self.settings;
+        let metrics = vec![
+            Metric {
+                id: "bandwidth",
+                title: format!("TCP bandwidth, node {} to {} (iperf3)", PAIR.0, PAIR.1),
+                unit: "Mbit/s",
+                better: Better::Higher,
+                x_label: None,
+            },
+            Metric {
+                id: "rtt",
+                title: format!("round trip, node {} to {} (ping)", PAIR.0, PAIR.1),
+                unit: "ms",
+                better: Better::Lower,
+                x_label: None,
+            },
+            Metric {
+                id: "all_to_all",
+                title: format!("all-to-all of {} MiB per pair", settings.all_to_all_mib),
+                unit: "s",
+                better: Better::Lower,
+                x_label: Some("nodes"),
+            },
+        ];
+        let mut series = Vec::new();
+        let mut comparisons = Vec::new();
+        let mut add = |subject: &str, samples: &PathSamples, compare: Option<NetworkMode>| {
+            let one = |metric, samples: &[f64]| Series {
+                metric,
+                subject: subject.to_owned(),
+                x: None,
+                samples: samples.to_vec(),
+            };
+            series.push(one("bandwidth", &samples.bandwidth_mbit_s));
+            series.push(one("rtt", &samples.rtt_ms));
+            for (k, times) in &samples.all_to_all_s {
+                series.push(Series { x: Some(f64::from(*k)), ..one("all_to_all", times) });
+            }
+            let Some(mode) = compare else { return };
+            for metric in ["bandwidth", "rtt"] {
+                let target = bandwidth_target(mode)
+                    .filter(|_| metric == "bandwidth")
+                    .map(|value| Target { on: TargetOn::Ratio, at_least: true, value });
+                comparisons.push(Comparison {
+                    metric,
+                    subject: subject.to_owned(),
+                    x: None,
+                    reference: Some(REFERENCE.to_owned()),
+                    target,
+                });
+            }
+        };
+        add(LOOPBACK, &self.loopback, None);
+        add(REFERENCE, &self.reference, None);
+        for (mode, samples) in &self.modes {
+            add(mode.name(), samples, Some(*mode));
+        }
+
         let reference = Setup::reference();
         let modes: Vec<Value> = self
             .modes
             .iter()
-            .map(|(mode, samples)| {
-                let setup = Setup::of_mode(*mode);
-                json!({
-                    "mode": mode.name(),
-                    "nodes": setup.nodes,
-                    "from": setup.pair.0,
-                    "to": setup.pair.1,
-                    "hops": setup.hops(),
-                    "bandwidth_mbit_s": samples_json(&samples.bandwidth_mbit_s),
-                    "bandwidth_ratio": finite(self.bandwidth_ratio(samples)),
-                    "rtt_ms": samples_json(&samples.rtt_ms),
-                    "rtt_ratio": finite(self.rtt_ratio(samples)),
-                    "all_to_all_s": samples.all_to_all_json(),
-                    "bandwidth_target": bandwidth_target(*mode),
-                    "bandwidth_met": self.met(*mode, samples),
-                })
+            .map(|(mode, _)| {
+                let setup = Setup::of_mode(*mode, settings.nodes);
+                json!({ "mode": mode.name(), "nodes": setup.nodes, "hops": setup.hops() })
             })
             .collect();
-        json!({
-            "version": 1,
-            "benchmark": "network",
-            "accel": self.accel.as_str(),
-            "runs": self.runs,
-            "quick": settings.quick,
-            "settings": {
+        Results {
+            kind: Kind::Network,
+            accel: self.accel,
+            quick: settings.quick,
+            runs: self.runs,
+            settings: json!({
                 "iperf3_seconds": settings.iperf_secs,
                 "pings": settings.pings,
                 "ping_interval_s": PING_INTERVAL,
                 "all_to_all_mib": settings.all_to_all_mib,
                 "transport": TRANSPORT,
                 "guest_memory": GUEST_MEMORY,
-            },
-            "loopback": {
-                "bandwidth_mbit_s": samples_json(&self.loopback.bandwidth_mbit_s),
-                "rtt_ms": samples_json(&self.loopback.rtt_ms),
-            },
-            "reference": {
-                "mode": reference.mode.name(),
-                "nodes": reference.nodes,
-                "from": reference.pair.0,
-                "to": reference.pair.1,
-                "hops": reference.hops(),
-                "bandwidth_mbit_s": samples_json(&self.reference.bandwidth_mbit_s),
-                "rtt_ms": samples_json(&self.reference.rtt_ms),
-                "all_to_all_s": self.reference.all_to_all_json(),
-            },
-            "modes": modes,
-        })
+                "pair": [PAIR.0, PAIR.1],
+                "modes": modes,
+                "reference": {
+                    "mode": reference.mode.name(),
+                    "nodes": reference.nodes,
+                    "pair": [reference.pair.0, reference.pair.1],
+                    "hops": reference.hops(),
+                },
+            }),
+            metrics,
+            series,
+            comparisons,
+            notes: vec![
+                format!(
+                    "reference: {REFERENCE_NODES} guests on one direct -netdev {TRANSPORT} link; \
+                     host loopback: iperf3 and ping on 127.0.0.1, what no guest can beat"
+                ),
+                "the clusters run one after another, minutes apart".to_owned(),
+            ],
+            table: self.table(),
+        }
     }
 }
 
@@ -848,7 +915,7 @@ mod tests {
         );
         assert!(all_to_all_flows(1).is_empty());
 
-        let setup = Setup::of_mode(NetworkMode::P2pTree);
+        let setup = Setup::of_mode(NetworkMode::P2pTree, NODES);
         assert_eq!(setup.server_ports(0), [5301, 5302, 5303]);
         assert_eq!(setup.server_ports(2), [5201, 5300, 5301, 5303]);
         let reference = Setup::reference();
@@ -890,7 +957,7 @@ memory = \"1GiB\"
 mode = \"p2p-star\"
 transport = \"stream\"
 ";
-        assert_eq!(Setup::of_mode(NetworkMode::P2pStar).config(), expected);
+        assert_eq!(Setup::of_mode(NetworkMode::P2pStar, NODES).config(), expected);
     }
 
     fn samples(bandwidth: &[f64], rtt: &[f64], a2a: &[(u32, f64)]) -> PathSamples {
@@ -906,7 +973,7 @@ transport = \"stream\"
         Report {
             accel: Accel::Tcg,
             runs: 1,
-            settings: Settings::new(true),
+            settings: Settings { modes: &MODES, nodes: NODES, ..Settings::new(true) },
             loopback: samples(&[40_000.0], &[0.035], &[]),
             reference: samples(&[200.0], &[2.0], &[(2, 1.5)]),
             modes: vec![
@@ -936,24 +1003,29 @@ a2a k=N: seconds until each of the first N nodes sent 8 MiB to every other one, 
     }
 
     #[test]
-    fn json_parses_back() {
-        let text = serde_json::to_string(&report().to_json()).unwrap();
-        let value: Value = serde_json::from_str(&text).unwrap();
-        assert_eq!(value["version"], 1);
-        assert_eq!(value["benchmark"], "network");
-        assert_eq!(value["settings"]["iperf3_seconds"], 3);
-        assert_eq!(value["loopback"]["rtt_ms"]["median"], 0.035);
-        assert_eq!(value["reference"]["hops"], 1);
-        assert_eq!(value["reference"]["all_to_all_s"]["2"]["samples"], json!([1.5]));
-        let modes = value["modes"].as_array().unwrap();
-        assert_eq!(modes.len(), 3);
-        assert_eq!(modes[0]["mode"], "multicast");
-        assert_eq!(modes[0]["bandwidth_target"], Value::Null);
-        assert_eq!(modes[0]["bandwidth_met"], Value::Null);
-        assert_eq!(modes[1]["bandwidth_ratio"], 0.6);
-        assert_eq!(modes[1]["bandwidth_met"], true);
-        assert_eq!(modes[2]["rtt_ratio"], 2.1);
-        assert_eq!(modes[2]["bandwidth_met"], false);
-        assert_eq!(modes[2]["all_to_all_s"]["4"]["median"], 7.5);
+    fn results_hold_every_path_and_the_bandwidth_targets() {
+        let results = report().results();
+        let bandwidth = results.series_of("bandwidth", "host loopback", None).unwrap();
+        assert_eq!(bandwidth.samples, [40000.0]);
+        let a2a = results.series_of("all_to_all", "p2p-tree", Some(4.0)).unwrap();
+        assert_eq!(a2a.median(), 7.5);
+        let verdicts: Vec<(String, &str, Option<bool>)> = results
+            .comparisons
+            .iter()
+            .map(|c| (c.subject.clone(), c.metric, results.met(c)))
+            .collect();
+        assert_eq!(verdicts[0], ("multicast".to_owned(), "bandwidth", None));
+        assert_eq!(verdicts[2], ("p2p-star".to_owned(), "bandwidth", Some(true)));
+        assert_eq!(verdicts[3], ("p2p-star".to_owned(), "rtt", None));
+        assert_eq!(verdicts[4], ("p2p-tree".to_owned(), "bandwidth", Some(false)));
+        assert_eq!(results.ratio(&results.comparisons[5]), 2.1);
+        assert_eq!(results.settings["reference"]["hops"], 1);
+    }
+
+    #[test]
+    fn quick_measures_the_default_mode_on_three_nodes() {
+        let settings = Settings::new(true);
+        assert_eq!((settings.modes, settings.nodes), (&QUICK_MODES[..], 3));
+        assert_eq!(Setup::of_mode(NetworkMode::P2pTree, 3).hops(), 2);
     }
 }

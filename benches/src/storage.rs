@@ -1,4 +1,4 @@
-//! `bee-bench storage`: sequential write and read bandwidth through each of bee's shared
+//! `bee bench storage`: sequential write and read bandwidth through each of bee's shared
 //! storages, against the same I/O on a directory of the host.
 //!
 //! For each storage mode (`virtio-9p`, `data-image-nfs`) it starts one two-node cluster
@@ -37,7 +37,7 @@
 use std::fs::{self, File};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 use bee_core::config::StorageMode;
@@ -48,13 +48,15 @@ use nix::fcntl::{posix_fadvise, PosixFadviseAdvice};
 use serde_json::{json, Value};
 
 use crate::bee::{choose_accel, require_host_tool, BeeState, Cluster, Tools};
-use crate::report::{
-    finite, fixed, median_of, progress, samples_json, secs, step, verdict, Align, Table,
-};
-use crate::Common;
+use crate::results::{Better, Comparison, Metric, Results, Series, Target, TargetOn};
+use crate::text::{fixed, median_of, progress, secs, step, verdict, Align, Table};
+use crate::{Common, Kind};
 
 /// The modes measured, in report order.
 const MODES: [StorageMode; 2] = [StorageMode::Virtio9p, StorageMode::DataImageNfs];
+
+/// The modes `--quick` measures: the one with the paper's targets.
+const QUICK_MODES: [StorageMode; 1] = [StorageMode::Virtio9p];
 
 /// Nodes of each cluster.
 const NODES: u32 = 2;
@@ -92,6 +94,9 @@ const INPUT_DIR: &str = "input";
 
 /// The host directory of the reference, inside the state directory.
 const NATIVE_DIR: &str = "native";
+
+/// The reference's subject name in the results.
+const NATIVE: &str = "native";
 
 /// Target for virtio-9p's write bandwidth over the host's.
 const VIRTIO_9P_WRITE_TARGET: f64 = 0.9;
@@ -199,28 +204,35 @@ fn cluster_name(mode: StorageMode) -> &'static str {
     }
 }
 
-/// Runs the storage benchmark and prints its report.
-pub(crate) fn run(common: &Common, quick: bool, size: Option<u32>) -> Result<()> {
+/// Fixed and per-run time on a two-core TCG host: a boot and a first file per mode, then
+/// the runs.
+pub(crate) fn expected(quick: bool) -> (Duration, Duration) {
+    if quick {
+        (Duration::from_secs(150), Duration::from_secs(40))
+    } else {
+        (Duration::from_secs(420), Duration::from_secs(120))
+    }
+}
+
+/// Runs the storage benchmark.
+pub(crate) fn run(common: &Common) -> Result<Results> {
     require_host_tool("fio", "fio")?;
-    let size_mib = size.unwrap_or(if quick { QUICK_SIZE_MIB } else { DEFAULT_SIZE_MIB });
+    let quick = common.quick;
+    let size_mib = if quick { QUICK_SIZE_MIB } else { DEFAULT_SIZE_MIB };
     let tools = Tools::locate(common.bee.clone())?;
     let accel = choose_accel()?;
     progress(&format!("accelerator for the guests: {}", accel.as_str()));
 
     let mut native = IoSamples::default();
     let mut modes = Vec::new();
-    for mode in MODES {
+    for mode in if quick { &QUICK_MODES[..] } else { &MODES[..] } {
+        let mode = *mode;
         let measured = measure(&tools, accel, common.runs, size_mib, mode, &mut native)?;
         modes.push((mode, measured));
     }
 
     let report = Report { accel, runs: common.runs, size_mib, native, modes };
-    if common.json {
-        println!("{}", serde_json::to_string_pretty(&report.to_json())?);
-    } else {
-        print!("{}", report.table());
-    }
-    Ok(())
+    Ok(report.results(quick))
 }
 
 fn mib_s_text(mib_s: &f64) -> String {
@@ -446,41 +458,73 @@ impl Report {
         out
     }
 
-    /// The JSON report, `version` 1.
-    fn to_json(&self) -> Value {
-        let modes: Vec<Value> = self
-            .modes
-            .iter()
-            .map(|(mode, samples)| {
-                let met = self.met(*mode, samples);
-                json!({
-                    "mode": mode.name(),
-                    "write_mib_s": samples_json(&samples.write_mib_s),
-                    "write_ratio": finite(self.write_ratio(samples)),
-                    "read_mib_s": samples_json(&samples.read_mib_s),
-                    "read_ratio": finite(self.read_ratio(samples)),
-                    "write_target": targets(*mode).map(|(write, _)| write),
-                    "read_target": targets(*mode).map(|(_, read)| read),
-                    "write_met": met.map(|(write, _)| write),
-                    "read_met": met.map(|(_, read)| read),
-                })
-            })
-            .collect();
-        json!({
-            "version": 1,
-            "benchmark": "storage",
-            "accel": self.accel.as_str(),
-            "runs": self.runs,
-            "size_mib": self.size_mib,
-            "nodes": NODES,
-            "network": NETWORK,
-            "guest_memory": GUEST_MEMORY,
-            "native": {
-                "write_mib_s": samples_json(&self.native.write_mib_s),
-                "read_mib_s": samples_json(&self.native.read_mib_s),
-            },
-            "modes": modes,
-        })
+    /// The results for `report.json`: every storage's samples against the host's.
+    fn results(&self, quick: bool) -> Results {
+        let metric = |id, io: &str| Metric {
+            id,
+            title: format!("sequential {io}, {} MiB, 1 MiB blocks (fio)", self.size_mib),
+            unit: "MiB/s",
+            better: Better::Higher,
+            x_label: None,
+        };
+        let mut series = Vec::new();
+        let mut add = |subject: &str, samples: &IoSamples| {
+            for (metric, values) in [("write", &samples.write_mib_s), ("read", &samples.read_mib_s)]
+            {
+                series.push(Series {
+                    metric,
+                    subject: subject.to_owned(),
+                    x: None,
+                    samples: values.clone(),
+                });
+            }
+        };
+        add(NATIVE, &self.native);
+        for (mode, samples) in &self.modes {
+            add(mode.name(), samples);
+        }
+        let mut comparisons = Vec::new();
+        for (mode, _) in &self.modes {
+            let targets = targets(*mode);
+            let of = |value: f64| Target { on: TargetOn::Ratio, at_least: true, value };
+            for (metric, target) in
+                [("write", targets.map(|(w, _)| of(w))), ("read", targets.map(|(_, r)| of(r)))]
+            {
+                comparisons.push(Comparison {
+                    metric,
+                    subject: mode.name().to_owned(),
+                    x: None,
+                    reference: Some(NATIVE.to_owned()),
+                    target,
+                });
+            }
+        }
+        Results {
+            kind: Kind::Storage,
+            accel: self.accel,
+            quick,
+            runs: self.runs,
+            settings: json!({
+                "size_mib": self.size_mib,
+                "nodes": NODES,
+                "network": NETWORK,
+                "guest_memory": GUEST_MEMORY,
+                "writer": WRITER,
+                "reader": READER,
+            }),
+            metrics: vec![metric("write", "write"), metric("read", "read")],
+            series,
+            comparisons,
+            notes: vec![
+                format!(
+                    "write: node {READER}, with end_fsync=1; read: node {READER} reads node \
+                     {WRITER}'s file after every guest cache and the host's cache of the \
+                     backing files were dropped"
+                ),
+                "native: the same fio jobs on a host directory next to bee's state".to_owned(),
+            ],
+            table: self.table(),
+        }
     }
 }
 
@@ -613,21 +657,13 @@ node 0's file after every cache was dropped; native: the same on a host director
     }
 
     #[test]
-    fn json_parses_back() {
-        let text = serde_json::to_string(&report().to_json()).unwrap();
-        let value: Value = serde_json::from_str(&text).unwrap();
-        assert_eq!(value["version"], 1);
-        assert_eq!(value["benchmark"], "storage");
-        assert_eq!(value["size_mib"], 128);
-        assert_eq!(value["native"]["write_mib_s"]["median"], 360.0);
-        let modes = value["modes"].as_array().unwrap();
-        assert_eq!(modes[0]["mode"], "virtio-9p");
-        assert_eq!(modes[0]["write_ratio"], 0.85);
-        assert_eq!(modes[0]["write_met"], false);
-        assert_eq!(modes[0]["read_met"], true);
-        assert_eq!(modes[0]["read_target"], 0.95);
-        assert_eq!(modes[1]["mode"], "data-image-nfs");
-        assert_eq!(modes[1]["write_target"], Value::Null);
-        assert_eq!(modes[1]["read_met"], Value::Null);
+    fn results_compare_each_mode_with_native() {
+        let results = report().results(true);
+        assert_eq!(results.series_of("write", "native", None).unwrap().median(), 360.0);
+        let verdicts: Vec<Option<bool>> =
+            results.comparisons.iter().map(|c| results.met(c)).collect();
+        assert_eq!(verdicts, [Some(false), Some(true), None, None]);
+        assert_eq!(results.ratio(&results.comparisons[0]), 0.85);
+        assert_eq!(results.settings["size_mib"], 128);
     }
 }

@@ -1,12 +1,13 @@
-//! What every benchmark prints: progress lines on stderr, and on stdout a table or a JSON
-//! object built from medians of samples, with ratios and whether targets were met.
+//! What every benchmark prints: progress lines on stderr, and a table built from medians
+//! of samples, with ratios and whether targets were met.
 //!
-//! Nothing here measures; the benchmark modules hand their samples in.
+//! Nothing here measures; the benchmark modules hand their samples in. Every progress
+//! line starts with the time since the benchmark started, `[mm:ss]`.
 
-use std::time::Duration;
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
 
 use anyhow::Result;
-use serde_json::json;
 
 /// Runs one measurement, printing its result (`show`) or that it failed as progress.
 pub(crate) fn step<T>(
@@ -14,7 +15,7 @@ pub(crate) fn step<T>(
     measure: impl FnOnce() -> Result<T>,
     show: impl FnOnce(&T) -> String,
 ) -> Result<T> {
-    eprint!("bee-bench:   {what}: ");
+    eprint!("bee bench: {}   {what}: ", clock());
     match measure() {
         Ok(value) => {
             eprintln!("{}", show(&value));
@@ -29,7 +30,20 @@ pub(crate) fn step<T>(
 
 /// A progress line on stderr that is not a measurement.
 pub(crate) fn progress(line: &str) {
-    eprintln!("bee-bench: {line}");
+    eprintln!("bee bench: {} {line}", clock());
+}
+
+/// When the first progress line was printed.
+static STARTED: OnceLock<Instant> = OnceLock::new();
+
+/// The time since the first progress line, `[mm:ss]`.
+fn clock() -> String {
+    elapsed_text(STARTED.get_or_init(Instant::now).elapsed())
+}
+
+fn elapsed_text(elapsed: Duration) -> String {
+    let secs = elapsed.as_secs();
+    format!("[{:02}:{:02}]", secs / 60, secs % 60)
 }
 
 /// A duration as the tables show it.
@@ -72,23 +86,6 @@ pub(crate) fn median_of(samples: &[f64]) -> f64 {
         n if n % 2 == 1 => sorted[n / 2],
         n => (sorted[n / 2 - 1] + sorted[n / 2]) / 2.0,
     }
-}
-
-/// `{"median": x, "samples": [x, ...]}`; the median is `null` when there are no samples.
-pub(crate) fn samples_json(samples: &[f64]) -> serde_json::Value {
-    let median = Some(median_of(samples)).filter(|m| m.is_finite());
-    json!({ "median": median, "samples": samples })
-}
-
-/// [`samples_json`] of durations, in seconds.
-pub(crate) fn seconds_json(samples: &[Duration]) -> serde_json::Value {
-    let secs: Vec<f64> = samples.iter().map(Duration::as_secs_f64).collect();
-    json!({ "median": median(samples).as_secs_f64(), "samples": secs })
-}
-
-/// A number for JSON: `null` when it is not finite (a ratio to nothing, say).
-pub(crate) fn finite(value: f64) -> Option<f64> {
-    Some(value).filter(|v| v.is_finite())
 }
 
 /// A number with `decimals` decimals, or `-` when it is not finite.
@@ -176,9 +173,9 @@ mod tests {
     }
 
     #[test]
-    fn samples_json_has_median_and_samples() {
-        assert_eq!(samples_json(&[3.0, 1.0]), json!({ "median": 2.0, "samples": [3.0, 1.0] }));
-        assert_eq!(samples_json(&[]), json!({ "median": null, "samples": [] }));
+    fn elapsed_time_is_minutes_and_seconds() {
+        assert_eq!(elapsed_text(Duration::from_millis(59_999)), "[00:59]");
+        assert_eq!(elapsed_text(Duration::from_secs(3725)), "[62:05]");
     }
 
     #[test]

@@ -1,0 +1,168 @@
+//! `bee bench KIND --quick --out DIR` on real guests: each benchmark writes a `report.json`
+//! that validates against the committed schema (`benches/schema/report.schema.json`),
+//! holds real samples, and comes with non-empty PNG and SVG plots and a summary; nothing
+//! it started is left behind. Needs the guest image, and on the host fio, iperf3, ping,
+//! hpcc and the DejaVu font (`scripts/setup.sh --tests` installs them). The benchmarks
+//! measure, so `scripts/test.sh` runs these one at a time.
+
+use std::fs;
+use std::path::Path;
+
+use bee_tests::{processes_mentioning, repo_root, stderr, stdout, BeeEnv};
+use serde_json::Value;
+
+/// The schema every report validates against.
+fn schema() -> jsonschema::Validator {
+    let path = repo_root().join("benches/schema/report.schema.json");
+    let text = fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    let schema: Value = serde_json::from_str(&text).expect("the schema is JSON");
+    jsonschema::validator_for(&schema).expect("the schema is a valid JSON Schema")
+}
+
+/// Runs `bee bench KIND --quick` into a fresh directory and checks what it wrote; returns
+/// the report.
+fn quick_bench(kind: &str) -> Value {
+    let env = BeeEnv::new();
+    // The benchmark's state directories go under TMPDIR, which must stay short (bee's SSH
+    // control sockets live inside them): /tmp/bee-bench-tmp-XXXXXX has 24 characters,
+    // so use a shorter prefix.
+    let tmp = tempfile::Builder::new().prefix("bbt-").tempdir_in("/tmp").expect("temp dir");
+    let out_parent = tempfile::tempdir().expect("temp dir");
+    let out = out_parent.path().join("report");
+    let output = {
+        let mut command = env.command(&["bench", kind, "--quick", "--out", out.to_str().unwrap()]);
+        command.env("TMPDIR", tmp.path());
+        let child = command
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .expect("bee starts");
+        bee_tests::wait_with_timeout(
+            child,
+            bee_tests::COMMAND_TIMEOUT,
+            &format!("bee bench {kind}"),
+        )
+    };
+    let (out_text, err_text) = (stdout(&output), stderr(&output));
+    assert!(
+        output.status.success(),
+        "bee bench {kind} failed\nstdout:\n{out_text}\nstderr:\n{err_text}"
+    );
+    assert!(out_text.contains(&format!("{kind} benchmark (accelerator: ")), "{out_text}");
+    assert!(err_text.contains("expect about"), "the expected duration is stated first: {err_text}");
+
+    let report = read_report(&out.join("report.json"));
+    let errors: Vec<String> =
+        schema().iter_errors(&report).map(|e| format!("{e} at {}", e.instance_path())).collect();
+    assert!(errors.is_empty(), "report.json does not validate: {errors:#?}\n{report:#}");
+    assert_eq!(report["benchmark"], kind);
+    assert_eq!(report["quick"], true);
+    let series = report["series"].as_array().expect("series");
+    assert!(
+        series.iter().any(|s| s["samples"].as_array().is_some_and(|v| !v.is_empty())),
+        "no samples: {report:#}"
+    );
+    for s in series.iter().filter(|s| !s["samples"].as_array().unwrap().is_empty()) {
+        let positive = s["samples"].as_array().unwrap().iter().all(|v| v.as_f64().unwrap() > 0.0);
+        assert!(positive, "a sample is not a positive measurement: {s}");
+    }
+    let accel = report["qemu"]["accelerator"].as_str().unwrap();
+    let summary = fs::read_to_string(out.join("summary.md")).expect("summary.md");
+    // The figures of this run, for whoever reads the test's output.
+    eprintln!("{summary}");
+    assert!(summary.contains(&format!("accelerator: **{accel}**")), "{summary}");
+    if accel == "tcg" {
+        assert!(summary.contains("TCG overhead is not the paper's figure"), "{summary}");
+    }
+
+    for metric in report["metrics"].as_array().unwrap() {
+        let id = metric["id"].as_str().unwrap();
+        for ext in ["png", "svg"] {
+            assert_plot(&out.join(format!("{id}.{ext}")));
+        }
+    }
+    assert_plot(&out.join("ratios.png"));
+    assert_plot(&out.join("ratios.svg"));
+
+    env.assert_no_cluster_left();
+    assert_eq!(processes_mentioning(tmp.path()), Vec::<u32>::new(), "processes left behind");
+    let left: Vec<_> = fs::read_dir(tmp.path()).unwrap().flatten().map(|e| e.path()).collect();
+    assert!(left.is_empty(), "files left in TMPDIR: {left:?}");
+    report
+}
+
+fn read_report(path: &Path) -> Value {
+    let text = fs::read_to_string(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    serde_json::from_str(&text).unwrap_or_else(|e| panic!("{} is not JSON: {e}", path.display()))
+}
+
+/// A plot exists, is not empty and starts as its format does.
+fn assert_plot(path: &Path) {
+    let bytes = fs::read(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    let magic: &[u8] =
+        if path.extension().is_some_and(|e| e == "png") { b"\x89PNG" } else { b"<svg" };
+    assert!(bytes.len() > 1000 && bytes.starts_with(magic), "{} is not a plot", path.display());
+}
+
+/// The subjects of `metric` that have samples.
+fn measured(report: &Value, metric: &str) -> Vec<String> {
+    report["series"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|s| s["metric"] == metric && !s["samples"].as_array().unwrap().is_empty())
+        .map(|s| s["subject"].as_str().unwrap().to_owned())
+        .collect()
+}
+
+#[test]
+fn bench_compute_quick_compares_guest_and_container_with_the_host() {
+    let report = quick_bench("compute");
+    assert_eq!(measured(&report, "stream_triad"), ["native", "guest", "container"]);
+    assert_eq!(measured(&report, "dgemm"), ["native", "guest", "container"]);
+    let comparisons = report["comparisons"].as_array().unwrap();
+    assert_eq!(comparisons.len(), 4);
+    assert!(comparisons.iter().all(|c| c["reference"] == "native" && c["met"].is_boolean()));
+}
+
+#[test]
+fn bench_deploy_quick_times_bee_up_against_plain_qemu() {
+    let report = quick_bench("deploy");
+    assert_eq!(measured(&report, "deploy_time"), ["plain qemu", "bee up"]);
+    assert_eq!(measured(&report, "bee_peak_rss"), ["bee"]);
+}
+
+#[test]
+fn bench_network_quick_measures_the_default_mode_against_one_link() {
+    let report = quick_bench("network");
+    assert_eq!(measured(&report, "bandwidth"), ["host loopback", "reference", "p2p-tree"]);
+    assert_eq!(measured(&report, "all_to_all"), ["reference", "p2p-tree", "p2p-tree"]);
+}
+
+#[test]
+fn bench_storage_quick_measures_virtio_9p_against_a_host_directory() {
+    let report = quick_bench("storage");
+    assert_eq!(measured(&report, "write"), ["native", "virtio-9p"]);
+    assert_eq!(measured(&report, "read"), ["native", "virtio-9p"]);
+}
+
+#[test]
+fn bench_refuses_an_out_that_is_a_file_before_it_starts_anything() {
+    let env = BeeEnv::new();
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("file");
+    fs::write(&file, "").unwrap();
+    let output = env.bee(&["bench", "compute", "--quick", "--out", file.to_str().unwrap()]);
+    assert_eq!(output.status.code(), Some(1));
+    assert_eq!(
+        stderr(&output),
+        format!(
+            "bee: error: --out {}: exists and is not a directory; give a directory, which is \
+             created if it is missing\n",
+            file.display()
+        )
+    );
+    let output = env.bee(&["bench", "gpu"]);
+    assert_eq!(output.status.code(), Some(2));
+    assert!(stderr(&output).contains("[possible values: deploy, network, storage, compute]"));
+}
