@@ -184,12 +184,11 @@ pub const SOCKET_PATH_LIMIT: usize = 107;
 /// the SSH control socket (which `openssh` puts in a `.ssh-connection` directory of six
 /// random characters and ssh first binds under a name 17 characters longer), the
 /// forwarded Docker socket and QEMU's monitor socket (or its forward from another
-/// host). Each is shown with placeholders
-/// for the characters only known when it is made.
+/// host). A `?` stands for each character only known when the socket is made.
 pub fn socket_paths(cluster_dir: &Path, node: &str) -> Vec<PathBuf> {
-    let control = control_dir(cluster_dir).join(".ssh-connectionXXXXXX");
+    let control = control_dir(cluster_dir).join(".ssh-connection??????");
     vec![
-        control.join("master.XXXXXXXXXXXXXXXX"),
+        control.join("master.????????????????"),
         cluster_dir.join(format!("{node}.docker.sock")),
         cluster_dir.join(node).join("qmp.sock"),
         cluster_dir.join(node).join("qmp-fwd.sock"),
@@ -249,7 +248,7 @@ mod tests {
         let over = PathBuf::from(format!("/{}", "d".repeat(SOCKET_PATH_LIMIT - 50)));
         let err = check_socket_paths(&over, &["n-0".to_string()]).unwrap_err();
         let text = err.to_string();
-        assert!(text.contains("/ssh/.ssh-connectionXXXXXX/master.XXXXXXXXXXXXXXXX"), "{text}");
+        assert!(text.contains("/ssh/.ssh-connection??????/master.????????????????"), "{text}");
         assert!(text.contains("would be 108 bytes long, over the limit of 107"), "{text}");
         assert!(text.contains("BEE_STATE_DIR"), "{text}");
     }

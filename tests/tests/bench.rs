@@ -24,8 +24,8 @@ fn schema() -> jsonschema::Validator {
 fn quick_bench(kind: &str) -> Value {
     let env = BeeEnv::new();
     // The benchmark's state directories go under TMPDIR, which must stay short (bee's SSH
-    // control sockets live inside them): /tmp/bee-bench-tmp-XXXXXX has 24 characters,
-    // so use a shorter prefix.
+    // control sockets live inside them): /tmp/bee-bench-tmp- and six random characters
+    // make 24, so use a shorter prefix.
     let tmp = tempfile::Builder::new().prefix("bbt-").tempdir_in("/tmp").expect("temp dir");
     let out_parent = tempfile::tempdir().expect("temp dir");
     let out = out_parent.path().join("report");

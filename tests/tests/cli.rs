@@ -125,7 +125,7 @@ fn state_directory_too_long_for_sockets_is_refused_at_once() {
         .output()
         .unwrap();
     assert_eq!(output.status.code(), Some(1));
-    let control = long.join("clusters/deep/ssh/.ssh-connectionXXXXXX/master.XXXXXXXXXXXXXXXX");
+    let control = long.join("clusters/deep/ssh/.ssh-connection??????/master.????????????????");
     let expected = format!(
         "bee: error: cannot start cluster deep: the Unix socket {} would be {} bytes long, over the limit of 107: set \
          BEE_STATE_DIR to a shorter directory or give the cluster a shorter name\n",
