@@ -349,6 +349,7 @@ async fn start_node(
             serial_log: dir.join("console.log"),
             pidfile: matches!(place, Place::Local).then(|| pidfile.clone()),
             ssh_mac: [0x52, 0x54, 0x00, 0x00, (index >> 8) as u8, index as u8],
+            incoming: None,
         };
         let spawned = match place {
             Place::Local => spawn_qemu(name, &spec).await,
