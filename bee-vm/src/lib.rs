@@ -20,6 +20,7 @@
 use std::path::{Path, PathBuf};
 
 pub mod backend;
+pub mod checkpoint;
 pub mod image;
 pub mod kvm;
 pub mod qemu;
