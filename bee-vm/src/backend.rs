@@ -7,6 +7,10 @@
 //! socket and the serial console log. QEMU runs with `-daemonize`, so it reports start-up
 //! errors (a port taken, a bad file) before it detaches, and it outlives the `bee` process
 //! that started it; a later `bee down` finds it through the cluster record.
+//!
+//! The backend also saves running nodes into a VM-level checkpoint and starts nodes from
+//! one ([`crate::checkpoint`]): each node's directory keeps what its QEMU was started
+//! with (`vm.json`) for that.
 
 use std::net::{Ipv4Addr, SocketAddr, TcpListener};
 use std::path::{Path, PathBuf};
