@@ -219,7 +219,8 @@ impl Backend for VmBackend {
             nodes.push(node);
         }
         for name in &plan.node_names {
-            checkpoint::resume(name, &store.dir().join(name).join("qmp.sock")).await?;
+            let qmp = store.dir().join(name).join("qmp.sock");
+            checkpoint::resume(name, &qmp, &from.join(name).join(checkpoint::MEMORY_FILE)).await?;
         }
         Ok(nodes)
     }

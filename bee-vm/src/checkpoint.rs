@@ -138,7 +138,8 @@ struct Running {
 
 /// Saves every node of the cluster in `store` into `into` (see the module's description)
 /// and quits their QEMUs: all guests are paused first, then migrated at once, so that none
-/// runs on while another is saved.
+/// runs on while another is saved. When a stream cannot be written, the guests run on and
+/// the error says why.
 pub async fn save(store: &RecordStore, into: &Path, events: &dyn Events) -> Result<(), CoreError> {
     let nodes = running_nodes(store)?;
     if let Some(node) = nodes.iter().find(|n| !n.saved.shares.is_empty()) {
@@ -153,22 +154,18 @@ pub async fn save(store: &RecordStore, into: &Path, events: &dyn Events) -> Resu
     for node in &nodes {
         clients.push(Qmp::connect(&node.qmp, QMP_TIMEOUT).await.map_err(|e| qmp_error(node, &e))?);
     }
-    for (node, qmp) in nodes.iter().zip(&mut clients) {
-        qmp.stop().await.map_err(|e| qmp_error(node, &e))?;
-    }
-    let started = Instant::now();
-    for (node, qmp) in nodes.iter().zip(&mut clients) {
-        let dir = into.join(&node.name);
-        std::fs::create_dir_all(&dir).map_err(|e| CoreError::io("cannot create", &dir, e))?;
-        let memory = dir.join(MEMORY_FILE);
-        let uri = format!("exec:cat > {}", qemu::shell_quote(&memory.to_string_lossy()));
-        qmp.migrate(&uri).await.map_err(|e| qmp_error(node, &e))?;
-    }
-    for (node, qmp) in nodes.iter().zip(&mut clients) {
-        let done = wait_for_migration(node, qmp, "writing its migration stream").await?;
-        tracing::info!(node = %node.name, bytes = done.transferred, "guest saved");
-    }
-    let saved_in = started.elapsed();
+    let saved_in = match write_streams(&nodes, &mut clients, into).await {
+        Ok(elapsed) => elapsed,
+        Err(err) => {
+            // Running guests power off cleanly at teardown, their data image unmounted.
+            for (node, qmp) in nodes.iter().zip(&mut clients) {
+                if let Err(cont) = qmp.cont().await {
+                    tracing::warn!(node = %node.name, error = %cont, "cannot resume the guest");
+                }
+            }
+            return Err(err);
+        }
+    };
     for (node, qmp) in nodes.iter().zip(clients) {
         qmp.quit().await.map_err(|e| qmp_error(node, &e))?;
         if !crate::backend::wait_gone(node.pid, node.start_time, QMP_TIMEOUT).await {
@@ -188,6 +185,29 @@ pub async fn save(store: &RecordStore, into: &Path, events: &dyn Events) -> Resu
     }
     events.detail(&format!("guests written in {:.1}s", saved_in.as_secs_f64()));
     Ok(())
+}
+
+/// Pauses every guest, then has every QEMU write its migration stream into `into`;
+/// returns how long writing took.
+async fn write_streams(
+    nodes: &[Running],
+    clients: &mut [Qmp],
+    into: &Path,
+) -> Result<Duration, CoreError> {
+    for (node, qmp) in nodes.iter().zip(clients.iter_mut()) {
+        qmp.stop().await.map_err(|e| qmp_error(node, &e))?;
+    }
+    let started = Instant::now();
+    for (node, qmp) in nodes.iter().zip(clients.iter_mut()) {
+        let dir = into.join(&node.name);
+        std::fs::create_dir_all(&dir).map_err(|e| CoreError::io("cannot create", &dir, e))?;
+        qmp.migrate(&into_file(&dir.join(MEMORY_FILE))).await.map_err(|e| qmp_error(node, &e))?;
+    }
+    for (node, qmp) in nodes.iter().zip(clients.iter_mut()) {
+        let done = wait_for_migration(&node.name, qmp, "writing its migration stream").await?;
+        tracing::info!(node = %node.name, bytes = done.transferred, "guest saved");
+    }
+    Ok(started.elapsed())
 }
 
 /// Copies the files of the node `name` from the checkpoint in `from` into the cluster
@@ -236,31 +256,41 @@ pub async fn bring_back(
     Ok(saved)
 }
 
-/// Waits until the QEMU behind `qmp` has loaded its incoming migration, then lets the
-/// guest run on.
-pub async fn resume(name: &str, qmp_socket: &Path) -> Result<(), CoreError> {
-    let mut qmp = Qmp::connect(qmp_socket, QMP_TIMEOUT)
-        .await
-        .map_err(|e| node_error(name, &format!("qmp: {e}")))?;
+/// Waits until the QEMU behind `qmp_socket` has loaded the migration stream in `stream`,
+/// then lets the guest run on.
+///
+/// # Limitations
+///
+/// QEMU 7.2 exits when it cannot load the stream and says why only on its standard error,
+/// which a daemonized QEMU no longer has: the error then names the file and the likely
+/// causes, not QEMU's words.
+pub async fn resume(name: &str, qmp_socket: &Path, stream: &Path) -> Result<(), CoreError> {
+    let lost = |e: crate::qmp::QmpError| {
+        node_error(
+            name,
+            &format!(
+                "qemu stopped answering while loading {}, which may be damaged or written by \
+                 another QEMU or guest image ({e})",
+                stream.display()
+            ),
+        )
+    };
+    let mut qmp = Qmp::connect(qmp_socket, QMP_TIMEOUT).await.map_err(lost)?;
     let deadline = Instant::now() + MIGRATE_TIMEOUT;
     loop {
-        let migration =
-            qmp.query_migrate().await.map_err(|e| node_error(name, &format!("qmp: {e}")))?;
-        match migration.status.as_str() {
-            "completed" => break,
+        let migration = qmp.query_migrate().await.map_err(lost)?;
+        let loaded = match migration.status.as_str() {
+            "completed" => true,
             _ if migration.is_over() => {
                 return Err(migration_failed(name, "reading its migration stream", &migration))
             }
             // Before the stream is read, and with QEMU 7.2 once it is, the status is
             // `none` while QEMU is still in its `inmigrate` run state.
-            "none" => {
-                let status =
-                    qmp.query_status().await.map_err(|e| node_error(name, &format!("qmp: {e}")))?;
-                if status != "inmigrate" {
-                    break;
-                }
-            }
-            _ => {}
+            "none" => qmp.query_status().await.map_err(lost)? != "inmigrate",
+            _ => false,
+        };
+        if loaded {
+            break;
         }
         if Instant::now() >= deadline {
             return Err(migration_timeout(name, "reading its migration stream"));
@@ -295,22 +325,29 @@ fn running_nodes(store: &RecordStore) -> Result<Vec<Running>, CoreError> {
         .collect()
 }
 
+/// The migration URI that writes the stream into `file`.
+fn into_file(file: &Path) -> String {
+    format!("exec:cat > {}", qemu::shell_quote(&file.to_string_lossy()))
+}
+
+/// Polls the outgoing migration of `node` until it completes; fails with QEMU's reason.
 async fn wait_for_migration(
-    node: &Running,
+    node: &str,
     qmp: &mut Qmp,
     doing: &str,
 ) -> Result<Migration, CoreError> {
     let deadline = Instant::now() + MIGRATE_TIMEOUT;
     loop {
-        let migration = qmp.query_migrate().await.map_err(|e| qmp_error(node, &e))?;
+        let migration =
+            qmp.query_migrate().await.map_err(|e| node_error(node, &format!("qmp: {e}")))?;
         if migration.status == "completed" {
             return Ok(migration);
         }
         if migration.is_over() {
-            return Err(migration_failed(&node.name, doing, &migration));
+            return Err(migration_failed(node, doing, &migration));
         }
         if Instant::now() >= deadline {
-            return Err(migration_timeout(&node.name, doing));
+            return Err(migration_timeout(node, doing));
         }
         tokio::time::sleep(POLL).await;
     }
@@ -433,6 +470,76 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         saved.write(dir.path()).unwrap();
         assert_eq!(SavedNode::read(dir.path()).unwrap(), saved);
+    }
+
+    /// A QEMU with a machine but no guest to boot, paused from the start: enough to migrate.
+    fn bare_qemu(qmp: &Path, incoming: Option<&Path>) -> tokio::process::Child {
+        let qmp_arg = format!("unix:{},server=on,wait=off", qmp.display());
+        let mut command = Command::new(qemu::qemu_binary());
+        command.args(["-accel", "tcg", "-M", "q35", "-m", "64", "-nodefaults"]);
+        command.args(["-display", "none", "-S", "-qmp", &qmp_arg]);
+        if let Some(file) = incoming {
+            let from = format!("exec:cat {}", qemu::shell_quote(&file.to_string_lossy()));
+            command.args(["-incoming", &from]);
+        }
+        command.stdin(std::process::Stdio::null()).stderr(std::process::Stdio::null());
+        command.kill_on_drop(true);
+        command.spawn().expect("qemu-system-x86_64 runs (set BEE_QEMU to use another binary)")
+    }
+
+    #[tokio::test]
+    async fn real_qemu_saves_into_a_file_and_runs_on_from_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let (socket, memory) = (dir.path().join("qmp.sock"), dir.path().join("it's memory"));
+        let mut saving = bare_qemu(&socket, None);
+        let mut qmp = Qmp::connect(&socket, QMP_TIMEOUT).await.unwrap();
+        qmp.stop().await.unwrap();
+        qmp.migrate(&into_file(&memory)).await.unwrap();
+        let done = wait_for_migration("t-0", &mut qmp, "writing").await.unwrap();
+        assert!(done.transferred > 0, "{done:?}");
+        qmp.quit().await.unwrap();
+        saving.wait().await.unwrap();
+        assert!(std::fs::metadata(&memory).unwrap().len() > 0);
+
+        let _restored = bare_qemu(&socket, Some(&memory));
+        resume("t-0", &socket, &memory).await.unwrap();
+        let mut qmp = Qmp::connect(&socket, QMP_TIMEOUT).await.unwrap();
+        assert_eq!(qmp.query_status().await.unwrap(), "running");
+        qmp.quit().await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn a_migration_qemu_cannot_write_fails_with_its_reason() {
+        let dir = tempfile::tempdir().unwrap();
+        let socket = dir.path().join("qmp.sock");
+        let _qemu = bare_qemu(&socket, None);
+        let mut qmp = Qmp::connect(&socket, QMP_TIMEOUT).await.unwrap();
+        qmp.stop().await.unwrap();
+        qmp.migrate(&into_file(&dir.path().join("missing/memory"))).await.unwrap();
+        let err = wait_for_migration("t-0", &mut qmp, "writing its migration stream").await;
+        let err = err.unwrap_err().to_string();
+        assert!(
+            err.starts_with(
+                "vm: t-0: qemu failed writing its migration stream (migration failed): "
+            ),
+            "{err}"
+        );
+        qmp.quit().await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn a_stream_that_is_not_one_fails_the_restore_naming_the_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let (socket, memory) = (dir.path().join("qmp.sock"), dir.path().join("memory"));
+        std::fs::write(&memory, "not a migration stream").unwrap();
+        let _qemu = bare_qemu(&socket, Some(&memory));
+        let err = resume("t-0", &socket, &memory).await.unwrap_err().to_string();
+        let expected = format!(
+            "vm: t-0: qemu stopped answering while loading {}, which may be damaged or \
+             written by another QEMU or guest image (",
+            memory.display()
+        );
+        assert!(err.starts_with(&expected), "{err}");
     }
 
     #[test]
