@@ -4,7 +4,9 @@
 //!
 //! Launch is a sequence of steps; when one fails, everything the record holds is torn
 //! down and the error names the step. A [`Cluster`] can also be found again from a fresh
-//! process by its name, to be torn down.
+//! process by its name, to be torn down. A running cluster can be saved whole by its
+//! backend (a VM-level checkpoint) and brought up again from what was saved, with its
+//! application still running ([`ClusterBuilder::restore`]).
 
 use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
