@@ -4,7 +4,9 @@
 //!
 //! Launch is a sequence of steps; when one fails, everything the record holds is torn
 //! down and the error names the step. A [`Cluster`] can also be found again from a fresh
-//! process by its name, to be torn down.
+//! process by its name, to be torn down. A running cluster can be saved whole by its
+//! backend (a VM-level checkpoint) and brought up again from what was saved, with its
+//! application still running ([`ClusterBuilder::restore`]).
 
 use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
@@ -15,7 +17,8 @@ use futures_util::future::try_join_all;
 
 use crate::config::{Application, Config, ImageSource, StorageSpec};
 use crate::docker::{
-    self, ContainerExtras, NodeDocker, OutputStream, BASE_IMAGE, BASE_TARBALL, SHARED_DIR,
+    self, ContainerExtras, LogCursor, NodeDocker, OutputStream, BASE_IMAGE, BASE_TARBALL,
+    SHARED_DIR,
 };
 use crate::error::CoreError;
 use crate::events::Events;
@@ -31,15 +34,67 @@ pub const DOCKER_TIMEOUT: Duration = Duration::from_secs(300);
 /// How often a running application's nodes are checked.
 const HEALTH_INTERVAL: Duration = Duration::from_secs(2);
 
+/// The file a VM-level checkpoint directory holds once it is complete.
+pub const VM_CHECKPOINT_FILE: &str = "vm-checkpoint.json";
+
 /// When and how to checkpoint a running application.
 #[derive(Debug, Clone)]
 pub struct CheckpointAt {
-    /// When to run the checkpoint command.
+    /// When to checkpoint.
     pub at: tokio::time::Instant,
-    /// The command, run in the master's container.
-    pub command: Vec<String>,
-    /// How long the application may take to exit after it.
-    pub timeout: Duration,
+    /// How.
+    pub how: CheckpointHow,
+}
+
+/// How an application is checkpointed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CheckpointHow {
+    /// By itself: the command runs in the master's container, and the application then
+    /// saves its state into the shared directory and exits 0 within `timeout`.
+    Application {
+        /// The command.
+        command: Vec<String>,
+        /// How long the application may take to exit after it.
+        timeout: Duration,
+    },
+    /// By the backend, which saves the whole nodes (memory, devices, disks) into `into`,
+    /// with the application's container still running in them.
+    Vm {
+        /// The directory the checkpoint is written to; it is replaced.
+        into: PathBuf,
+    },
+}
+
+/// What bee itself keeps in a VM-level checkpoint, beside the backend's files; written
+/// last, so that a directory without it holds no complete checkpoint.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct VmCheckpoint {
+    /// Nodes saved.
+    pub nodes: u32,
+    /// How far the application's output had been passed on.
+    pub output_cursor: Option<String>,
+}
+
+impl VmCheckpoint {
+    /// The complete VM-level checkpoint in `dir`, if there is one.
+    pub fn read(dir: &Path) -> Result<Option<VmCheckpoint>, CoreError> {
+        let file = dir.join(VM_CHECKPOINT_FILE);
+        let text = match std::fs::read_to_string(&file) {
+            Ok(text) => text,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(CoreError::io("cannot read", &file, e)),
+        };
+        serde_json::from_str(&text).map(Some).map_err(|e| CoreError::Record {
+            path: file.clone(),
+            detail: format!("not a VM checkpoint description: {e}"),
+        })
+    }
+
+    fn write(&self, dir: &Path) -> Result<(), CoreError> {
+        let file = dir.join(VM_CHECKPOINT_FILE);
+        let text = serde_json::to_string_pretty(self).unwrap_or_default();
+        std::fs::write(&file, text).map_err(|e| CoreError::io("cannot write", &file, e))
+    }
 }
 
 /// How a run on one cluster ended.
@@ -47,7 +102,8 @@ pub struct CheckpointAt {
 pub enum RunEnd {
     /// The application exited by itself with this code.
     Exited(i64),
-    /// The application saved its state after the checkpoint command and exited 0.
+    /// The application saved its state after the checkpoint command and exited 0, or the
+    /// backend saved the nodes with the application still running in them.
     Checkpointed,
 }
 
@@ -80,6 +136,42 @@ impl ClusterBuilder {
     /// Brings up the cluster `config` describes: records it, plans network and storage,
     /// starts the nodes, waits for SSH and Docker. On failure tears down what was started.
     pub async fn up(self, config: &Config, events: &dyn Events) -> Result<Cluster, CoreError> {
+        self.start(config, None, events).await
+    }
+
+    /// Brings up the cluster `config` describes from the VM-level checkpoint in `from`
+    /// (see [`CheckpointHow::Vm`]), which stays as it is: its nodes continue where they
+    /// were saved, the application's container still running, which
+    /// [`Cluster::run_until`] then follows instead of starting one. Only the links between
+    /// the nodes and their SSH are new. On failure tears down what was started.
+    pub async fn restore(
+        self,
+        config: &Config,
+        from: &Path,
+        events: &dyn Events,
+    ) -> Result<Cluster, CoreError> {
+        let saved = VmCheckpoint::read(from)?.ok_or_else(|| CoreError::Backend {
+            backend: self.backend.name(),
+            detail: format!("{} holds no complete VM checkpoint", from.display()),
+        })?;
+        if saved.nodes != config.nodes {
+            return Err(CoreError::Unsupported {
+                what: format!(
+                    "restoring a VM checkpoint of {} node(s) with cluster.nodes = {}",
+                    saved.nodes, config.nodes
+                ),
+                instead: format!("set cluster.nodes = {} again", saved.nodes),
+            });
+        }
+        self.start(config, Some((from, saved)), events).await
+    }
+
+    async fn start(
+        self,
+        config: &Config,
+        from: Option<(&Path, VmCheckpoint)>,
+        events: &dyn Events,
+    ) -> Result<Cluster, CoreError> {
         self.check(config)?;
         ssh::check_socket_paths(&self.clusters_dir.join(&config.name), &node_names(config))?;
         let placing = self.backend.host_addresses(config.nodes as usize).await;
@@ -91,8 +183,9 @@ impl ClusterBuilder {
             &config.file,
         )?;
         if let Some(spec) = &config.storage {
-            let mode = spec.mode.name().to_string();
-            let record = StorageRecord { mode, output: spec.output.clone() };
+            // A restore that fails leaves nothing worth collecting: the checkpoint stays.
+            let output = if from.is_some() { None } else { spec.output.clone() };
+            let record = StorageRecord { mode: spec.mode.name().to_string(), output };
             store.update(|r| r.storage = Some(record))?;
         }
         let mut cluster = Cluster {
@@ -103,8 +196,17 @@ impl ClusterBuilder {
             addresses: Vec::new(),
             sessions: Vec::new(),
             dockers: Vec::new(),
+            cursor: LogCursor::default(),
+            restored: false,
         };
-        match cluster.launch(self.network.as_deref(), hosts, events).await {
+        let restoring = from.is_some();
+        let launched = match cluster.launch(self.network.as_deref(), hosts, from, events).await {
+            Ok(()) if restoring => {
+                cluster.collect_into(config.storage.as_ref().and_then(|s| s.output.clone()))
+            }
+            other => other,
+        };
+        match launched {
             Ok(()) => Ok(cluster),
             Err(err) => {
                 tracing::error!(cluster = %config.name, error = %err, "launch failed");
@@ -151,6 +253,10 @@ pub struct Cluster {
     addresses: Vec<Ipv4Addr>,
     sessions: Vec<NodeSession>,
     dockers: Vec<NodeDocker>,
+    /// How far the application's output has been passed on.
+    cursor: LogCursor,
+    /// True when the nodes were restored with the application running in them.
+    restored: bool,
 }
 
 impl Cluster {
@@ -173,6 +279,7 @@ impl Cluster {
         &mut self,
         network: Option<&dyn Network>,
         hosts: Vec<Ipv4Addr>,
+        from: Option<(&Path, VmCheckpoint)>,
         events: &dyn Events,
     ) -> Result<(), CoreError> {
         let config = self.config.clone();
@@ -195,7 +302,9 @@ impl Cluster {
             false => networks.iter().map(|n| n.address).collect(),
             true => vec![Ipv4Addr::from(u32::from(config.network.subnet) + 1)],
         };
+        // Restored nodes bring their storage, filled and mounted, with them.
         let storages = match (&self.storage, &config.storage) {
+            _ if from.is_some() => Vec::new(),
             (Some(storage), Some(spec)) => {
                 let what = format!("preparing {} storage", spec.mode.name());
                 let prepared = storage.prepare(spec, &self.addresses, self.store.dir(), events);
@@ -205,10 +314,17 @@ impl Cluster {
         };
         let plan = ClusterPlan { config: &config, node_names, networks, storages, hosts };
 
-        let what = format!("starting {} node(s)", config.nodes);
+        let what = match from {
+            None => format!("starting {} node(s)", config.nodes),
+            Some(_) => format!("restoring {} node(s) from their checkpoint", config.nodes),
+        };
         let started = Instant::now();
         events.started(&what);
-        let nodes = step(&what, self.backend.provision(&plan, &mut self.store, events).await)?;
+        let nodes = match &from {
+            None => self.backend.provision(&plan, &mut self.store, events).await,
+            Some((dir, _)) => self.backend.restore(&plan, dir, &mut self.store, events).await,
+        };
+        let nodes = step(&what, nodes)?;
         self.store.update(|r| r.nodes = nodes.clone())?;
         events.finished(&what, started.elapsed());
 
@@ -220,6 +336,12 @@ impl Cluster {
         self.sessions = sessions;
         self.dockers = dockers;
         events.finished(what, started.elapsed());
+        if let Some((_, saved)) = from {
+            // Networks, mounts and MPI files are in the restored guests already.
+            self.cursor = LogCursor(saved.output_cursor);
+            self.restored = true;
+            return self.store.update(|r| r.phase = Phase::Ready);
+        }
 
         let mkdir = GuestStep {
             what: "creating the shared directory".to_string(),
@@ -335,21 +457,25 @@ impl Cluster {
         app: &Application,
         output: &mut (dyn FnMut(OutputStream, &[u8]) + Send),
     ) -> Result<i64, CoreError> {
-        match self.run_until(app, output, None, &mut || {}).await? {
+        match self.run_until(app, output, None, &mut || {}, &crate::events::Quiet).await? {
             RunEnd::Exited(code) => Ok(code),
             RunEnd::Checkpointed => unreachable_checkpoint(),
         }
     }
 
     /// Like [`Cluster::run`], but when `checkpoint` is given and the application still
-    /// runs at its time, runs its command in the master's container, calls
-    /// `on_checkpoint`, and waits for the application to save its state and exit 0.
+    /// runs at its time, checkpoints it and calls `on_checkpoint` first: either runs its
+    /// command in the master's container and waits for the application to save its state
+    /// and exit 0, or has the backend save the nodes with the application running (the
+    /// cluster then has no nodes left to tear down gracefully). On a cluster restored from
+    /// such a checkpoint, follows the application's container instead of starting it.
     pub async fn run_until(
         &mut self,
         app: &Application,
         output: &mut (dyn FnMut(OutputStream, &[u8]) + Send),
         checkpoint: Option<&CheckpointAt>,
         on_checkpoint: &mut (dyn FnMut() + Send),
+        events: &dyn Events,
     ) -> Result<RunEnd, CoreError> {
         let master = self.dockers.first().cloned().ok_or_else(|| CoreError::Backend {
             backend: self.backend.name(),
@@ -357,56 +483,32 @@ impl Cluster {
         })?;
         self.store.update(|r| r.phase = Phase::Running)?;
         let container = format!("bee-{}", self.name());
+        let restored = std::mem::take(&mut self.restored);
         let mut extras = ContainerExtras {
             env: mpi::environment(&self.config.network, self.dockers.len()),
             read_only: Vec::new(),
         };
-        if self.dockers.len() > 1 {
+        if self.dockers.len() > 1 && !restored {
             self.install_mpi_files(&container).await?;
             extras.read_only.push(mpi::BIN_DIR.to_string());
             let workers = &self.dockers[1..];
             let keepers = workers.iter().map(|d| d.start_keeper(&container, app, &extras));
             step("starting the containers of the other nodes", try_join_all(keepers).await)?;
         }
-        let result = {
-            let run = master.run(&container, app, &extras, output);
-            tokio::pin!(run);
-            let mut ticker = tokio::time::interval(HEALTH_INTERVAL);
-            let far = tokio::time::Instant::now() + Duration::from_secs(100 * 365 * 86400);
-            let checkpoint_at = checkpoint.map(|c| c.at).unwrap_or(far);
-            let mut exit_by: Option<tokio::time::Instant> = None;
-            loop {
-                tokio::select! {
-                    result = &mut run => break result.map(|code| (code, exit_by.is_some())),
-                    _ = ticker.tick() => {
-                        if let Err(err) = self.check_all_alive().await {
-                            break Err(err);
-                        }
-                    }
-                    _ = tokio::time::sleep_until(checkpoint_at), if exit_by.is_none() => {
-                        let Some(checkpoint) = checkpoint else { continue };
-                        if let Err(err) = request_checkpoint(&master, &container, checkpoint).await {
-                            break Err(err);
-                        }
-                        on_checkpoint();
-                        exit_by = Some(tokio::time::Instant::now() + checkpoint.timeout);
-                    }
-                    _ = tokio::time::sleep_until(exit_by.unwrap_or(far)), if exit_by.is_some() => {
-                        break Err(CoreError::Timeout {
-                            node: master.node().to_string(),
-                            awaited: "the application to save its state and exit after its \
-                                      checkpoint command (checkpoint.timeout)"
-                                .to_string(),
-                            timeout: checkpoint.map(|c| c.timeout).unwrap_or_default(),
-                        });
-                    }
-                }
-            }
+        let mut cursor = self.cursor.clone();
+        let ended = {
+            let run: RunningApp<'_> = match restored {
+                true => Box::pin(master.follow(&container, &mut cursor, output)),
+                false => Box::pin(master.run(&container, app, &extras, &mut cursor, output)),
+            };
+            self.watch(run, &master, &container, checkpoint, on_checkpoint).await
         };
-        let result = match result {
+        self.cursor = cursor;
+        let saved_vm = matches!(ended, Ok(Watched::SaveVm { .. }));
+        let result = match ended {
             // A broken connection usually means the node went away: say which one.
             Err(err) => Err(self.check_all_alive().await.err().unwrap_or(err)),
-            Ok((code, true)) if code != 0 => Err(CoreError::Step {
+            Ok(Watched::Exited { code, requested: true }) if code != 0 => Err(CoreError::Step {
                 step: "checkpointing the application".to_string(),
                 source: Box::new(CoreError::Docker {
                     node: master.node().to_string(),
@@ -416,17 +518,90 @@ impl Cluster {
                     ),
                 }),
             }),
-            Ok((_, true)) => Ok(RunEnd::Checkpointed),
-            Ok((code, false)) => Ok(RunEnd::Exited(code)),
+            Ok(Watched::Exited { requested: true, .. }) => Ok(RunEnd::Checkpointed),
+            Ok(Watched::Exited { code, requested: false }) => Ok(RunEnd::Exited(code)),
+            Ok(Watched::SaveVm { into }) => {
+                let what = format!("saving {} node(s) (memory, devices, disks)", self.config.nodes);
+                let started = Instant::now();
+                events.started(&what);
+                let saved = step(&what, self.save_vm(&into, events).await);
+                saved.map(|()| {
+                    events.finished(&what, started.elapsed());
+                    RunEnd::Checkpointed
+                })
+            }
         };
-        if result.is_ok() {
-            for worker in &self.dockers[1..] {
+        // Saved nodes keep their containers, to run on after a restore.
+        if result.is_ok() && !saved_vm {
+            for worker in self.dockers.iter().skip(1) {
                 worker.remove(&container).await;
             }
         }
         let phase = if result.is_ok() { Phase::Ready } else { Phase::Failed };
         self.store.update(|r| r.phase = phase)?;
         result
+    }
+
+    /// Waits for the application `run` while watching the nodes and the checkpoint's
+    /// time.
+    async fn watch(
+        &self,
+        mut run: RunningApp<'_>,
+        master: &NodeDocker,
+        container: &str,
+        checkpoint: Option<&CheckpointAt>,
+        on_checkpoint: &mut (dyn FnMut() + Send),
+    ) -> Result<Watched, CoreError> {
+        let mut ticker = tokio::time::interval(HEALTH_INTERVAL);
+        let far = tokio::time::Instant::now() + Duration::from_secs(100 * 365 * 86400);
+        let checkpoint_at = checkpoint.map(|c| c.at).unwrap_or(far);
+        let mut exit_by: Option<(tokio::time::Instant, Duration)> = None;
+        loop {
+            tokio::select! {
+                result = &mut run => {
+                    return result.map(|code| Watched::Exited { code, requested: exit_by.is_some() })
+                }
+                _ = ticker.tick() => self.check_all_alive().await?,
+                _ = tokio::time::sleep_until(checkpoint_at), if exit_by.is_none() => {
+                    let Some(checkpoint) = checkpoint else { continue };
+                    match &checkpoint.how {
+                        CheckpointHow::Application { command, timeout } => {
+                            request_checkpoint(master, container, command).await?;
+                            on_checkpoint();
+                            exit_by = Some((tokio::time::Instant::now() + *timeout, *timeout));
+                        }
+                        CheckpointHow::Vm { into } => {
+                            on_checkpoint();
+                            return Ok(Watched::SaveVm { into: into.clone() });
+                        }
+                    }
+                }
+                _ = tokio::time::sleep_until(exit_by.map(|e| e.0).unwrap_or(far)), if exit_by.is_some() => {
+                    return Err(CoreError::Timeout {
+                        node: master.node().to_string(),
+                        awaited: "the application to save its state and exit after its \
+                                  checkpoint command (checkpoint.timeout)"
+                            .to_string(),
+                        timeout: exit_by.map(|e| e.1).unwrap_or_default(),
+                    });
+                }
+            }
+        }
+    }
+
+    /// Has the backend save every node into `into` (replaced), with bee's own part of the
+    /// checkpoint written last. The connections to the nodes are closed first: the guests
+    /// stop for good here.
+    async fn save_vm(&mut self, into: &Path, events: &dyn Events) -> Result<(), CoreError> {
+        remove_dir(into)?;
+        std::fs::create_dir_all(into).map_err(|e| CoreError::io("cannot create", into, e))?;
+        for session in self.sessions.drain(..) {
+            session.close().await;
+        }
+        self.dockers.clear();
+        self.backend.checkpoint(&mut self.store, into, events).await?;
+        let saved = VmCheckpoint { nodes: self.config.nodes, output_cursor: self.cursor.0.clone() };
+        saved.write(into)
     }
 
     /// Sets where teardown collects the shared directory to, for a run that decides only
@@ -583,21 +758,33 @@ async fn deliver_to_node(
     Ok(())
 }
 
+/// The application's container, followed until it exits with its code.
+type RunningApp<'a> =
+    std::pin::Pin<Box<dyn std::future::Future<Output = Result<i64, CoreError>> + Send + 'a>>;
+
+/// How watching a running application ended.
+enum Watched {
+    /// The application exited; `requested` when after its checkpoint command.
+    Exited { code: i64, requested: bool },
+    /// The time of a VM-level checkpoint came.
+    SaveVm { into: PathBuf },
+}
+
 /// Runs the checkpoint command in the master's container; a command that fails is an
 /// error, since the application was then not told to save its state.
 async fn request_checkpoint(
     master: &NodeDocker,
     container: &str,
-    checkpoint: &CheckpointAt,
+    command: &[String],
 ) -> Result<(), CoreError> {
     let what = "running the checkpoint command".to_string();
-    let (code, output) = step(&what, master.exec(container, &checkpoint.command).await)?;
+    let (code, output) = step(&what, master.exec(container, command).await)?;
     if code != 0 {
         return Err(CoreError::Step {
             step: what,
             source: Box::new(CoreError::Docker {
                 node: master.node().to_string(),
-                detail: format!("{:?} exited with code {code}: {output}", checkpoint.command),
+                detail: format!("{command:?} exited with code {code}: {output}"),
             }),
         });
     }
@@ -627,6 +814,15 @@ fn free_ports(count: usize) -> Result<Vec<u16>, CoreError> {
         .map(|l| l.local_addr().map(|a| a.port()))
         .collect::<Result<_, _>>()
         .map_err(|e| CoreError::io("cannot find free ports on", "127.0.0.1", e))
+}
+
+/// Removes a directory tree; a missing one is fine.
+fn remove_dir(dir: &Path) -> Result<(), CoreError> {
+    match std::fs::remove_dir_all(dir) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(CoreError::io("cannot remove", dir, e)),
+    }
 }
 
 /// Wraps an error with the launch step it broke.

@@ -37,6 +37,9 @@ pub const MAX_NAME_LEN: usize = 32;
 pub const DEFAULT_CHECKPOINT_TIMEOUT: Duration = Duration::from_secs(300);
 /// Default time before the end of a time slot at which the checkpoint begins.
 pub const DEFAULT_CHECKPOINT_MARGIN: Duration = Duration::from_secs(60);
+/// Time before the end of a time slot at which a VM-level checkpoint (a time slot with
+/// no `[checkpoint]`) begins: enough to stop and save guests of a few GiB.
+pub const VM_CHECKPOINT_MARGIN: Duration = Duration::from_secs(30);
 
 /// A configuration that could not be read or is not valid.
 #[derive(Debug, thiserror::Error)]
@@ -416,7 +419,8 @@ pub struct Platform {
     pub backend: BackendKind,
     /// Where they run.
     pub hosts: Hosts,
-    /// How long the platform may be used; `None` means no limit.
+    /// How long the platform may be used; `None` means no limit. A slot ends in a
+    /// checkpoint: the application's own with `[checkpoint]`, else a VM-level one.
     pub time_slot: Option<Duration>,
 }
 
@@ -473,7 +477,7 @@ impl RawConfig {
         };
         let checkpoint =
             self.checkpoint.as_ref().map(|c| check.checkpoint(c, &config)).transpose()?;
-        check.time_slots(&config.platforms, checkpoint.as_ref())?;
+        check.time_slots(&config, checkpoint.as_ref())?;
         Ok(Config { checkpoint, ..config })
     }
 }
@@ -861,40 +865,55 @@ impl Checker<'_> {
         }
     }
 
-    /// A time slot ends in a checkpoint, so it needs one, and must outlast its margin.
+    /// A time slot ends in a checkpoint and must outlast its margin. Without
+    /// `[checkpoint]` the checkpoint is VM-level, which QEMU cannot do with a 9p share.
     fn time_slots(
         &self,
-        platforms: &[Platform],
+        config: &Config,
         checkpoint: Option<&Checkpoint>,
     ) -> Result<(), ConfigError> {
-        for (index, platform) in platforms.iter().enumerate() {
+        for (index, platform) in config.platforms.iter().enumerate() {
             let Some(slot) = platform.time_slot else { continue };
             let key = format!("platform[{index}].time_slot");
             let value = quoted(&format_duration(slot));
-            match checkpoint {
+            let (margin, margin_name) = match checkpoint {
+                Some(checkpoint) => (checkpoint.margin, "checkpoint.margin"),
                 None => {
-                    return Err(self.invalid(
-                        &key,
-                        value,
-                        "a time slot needs [checkpoint], so that the application can save its \
-                         state before the slot ends: add [checkpoint], or remove time_slot",
-                    ))
+                    self.vm_checkpoint_storage(config, &key)?;
+                    (VM_CHECKPOINT_MARGIN, "the margin of a VM-level checkpoint")
                 }
-                Some(checkpoint) if slot <= checkpoint.margin => {
-                    return Err(self.invalid(
-                        &key,
-                        value,
-                        &format!(
-                            "expected more than checkpoint.margin ({}), which is when the \
-                             checkpoint begins before the slot ends",
-                            format_duration(checkpoint.margin)
-                        ),
-                    ))
-                }
-                Some(_) => {}
+            };
+            if slot <= margin {
+                return Err(self.invalid(
+                    &key,
+                    value,
+                    &format!(
+                        "expected more than {margin_name} ({}), which is when the checkpoint \
+                         begins before the slot ends",
+                        format_duration(margin)
+                    ),
+                ));
             }
         }
         Ok(())
+    }
+
+    /// A VM-level checkpoint migrates the guests, which QEMU refuses while a 9p share is
+    /// mounted in them.
+    fn vm_checkpoint_storage(&self, config: &Config, slot_key: &str) -> Result<(), ConfigError> {
+        match &config.storage {
+            Some(spec) if spec.mode == StorageMode::Virtio9p => Err(self.invalid(
+                "storage.mode",
+                quoted(spec.mode.name()),
+                &format!(
+                    "{slot_key} without [checkpoint] asks for a VM-level checkpoint (QEMU \
+                     migration), and QEMU cannot migrate a guest with a mounted 9p share: use \
+                     mode = \"data-image-nfs\", or add [checkpoint] so that the application \
+                     saves its own state"
+                ),
+            )),
+            _ => Ok(()),
+        }
     }
 
     fn resolve(&self, path: &str) -> PathBuf {
@@ -1361,20 +1380,58 @@ mod tests {
         );
     }
 
+    const NFS_APP: &str = "[cluster]\nname = \"a\"\nnodes = 1\n[application]\n\
+                           image = \"debian:bookworm\"\ncommand = [\"/app/run\"]\n\
+                           [storage]\nmode = \"data-image-nfs\"\n";
+
     #[test]
-    fn time_slot_needs_a_checkpoint_longer_than_its_margin() {
+    fn time_slot_must_be_longer_than_the_margin_of_its_checkpoint() {
         let platform = "[[platform]]\nbackend = \"vm\"\ntime_slot = \"45s\"\n";
-        assert_eq!(
-            error(&format!("{CHECKPOINTED}{platform}")),
-            "/cfg/bee.toml: platform[0].time_slot = \"45s\": a time slot needs [checkpoint], so \
-             that the application can save its state before the slot ends: add [checkpoint], or \
-             remove time_slot"
-        );
         assert_eq!(
             error(&format!("{CHECKPOINTED}[checkpoint]\ncommand = \"x\"\n{platform}")),
             "/cfg/bee.toml: platform[0].time_slot = \"45s\": expected more than \
              checkpoint.margin (1m), which is when the checkpoint begins before the slot ends"
         );
+        let short = "[[platform]]\nbackend = \"vm\"\ntime_slot = \"30s\"\n";
+        assert_eq!(
+            error(&format!("{NFS_APP}{short}")),
+            "/cfg/bee.toml: platform[0].time_slot = \"30s\": expected more than the margin of \
+             a VM-level checkpoint (30s), which is when the checkpoint begins before the slot \
+             ends"
+        );
+    }
+
+    #[test]
+    fn time_slot_without_checkpoint_is_vm_level_and_refuses_9p() {
+        let platforms = "[[platform]]\nbackend = \"vm\"\nhosts = \"local\"\n\
+                         time_slot = \"45s\"\n[[platform]]\nbackend = \"vm\"\n";
+        let config = validate(&format!("{NFS_APP}{platforms}")).unwrap();
+        assert_eq!(config.checkpoint, None);
+        assert_eq!(config.platforms[0].time_slot, Some(Duration::from_secs(45)));
+        let without_storage = "[cluster]\nname = \"a\"\nnodes = 1\n";
+        assert!(validate(&format!("{without_storage}{APP}{platforms}")).is_ok());
+        assert_eq!(
+            error(&format!("{CHECKPOINTED}{platforms}")),
+            "/cfg/bee.toml: storage.mode = \"virtio-9p\": platform[0].time_slot without \
+             [checkpoint] asks for a VM-level checkpoint (QEMU migration), and QEMU cannot \
+             migrate a guest with a mounted 9p share: use mode = \"data-image-nfs\", or add \
+             [checkpoint] so that the application saves its own state"
+        );
+    }
+
+    #[test]
+    fn every_example_configuration_is_valid() {
+        let examples = Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples");
+        let mut checked = 0;
+        for dir in std::fs::read_dir(&examples).unwrap().flatten() {
+            for file in std::fs::read_dir(dir.path()).unwrap().flatten() {
+                if file.path().extension().is_some_and(|e| e == "toml") {
+                    Config::load(&file.path()).unwrap_or_else(|e| panic!("{e}"));
+                    checked += 1;
+                }
+            }
+        }
+        assert!(checked >= 4, "only {checked} example configurations found");
     }
 
     #[test]

@@ -61,6 +61,46 @@ pub enum OutputStream {
     Stderr,
 }
 
+/// How far a container's output has been passed on: the Docker timestamp of the last
+/// log entry, so that following the container again (after a VM-level restore) passes on
+/// only what came after it. Docker writes the timestamps with a fixed number of digits,
+/// so that they sort as text.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct LogCursor(pub Option<String>);
+
+impl LogCursor {
+    /// Splits a log entry written with its timestamp into both, and tells whether it comes
+    /// after the cursor, which then moves to it.
+    fn advance<'m>(&mut self, entry: &'m [u8]) -> Option<&'m [u8]> {
+        let space = entry.iter().position(|b| *b == b' ')?;
+        let stamp = std::str::from_utf8(&entry[..space]).ok()?;
+        if self.0.as_deref().is_some_and(|last| stamp <= last) {
+            return None;
+        }
+        self.0 = Some(stamp.to_string());
+        Some(&entry[space + 1..])
+    }
+
+    /// The whole second of the cursor in Unix time, where Docker can start reading the
+    /// log again; 0 (the start) without a cursor.
+    fn since(&self) -> i32 {
+        self.0.as_deref().and_then(unix_seconds).unwrap_or(0)
+    }
+}
+
+/// The Unix time of a UTC timestamp such as `2026-12-04T01:00:00.1Z`, whole seconds.
+fn unix_seconds(stamp: &str) -> Option<i32> {
+    let field = |range: std::ops::Range<usize>| stamp.get(range)?.parse::<i64>().ok();
+    let (year, month, day) = (field(0..4)?, field(5..7)?, field(8..10)?);
+    let (hour, minute, second) = (field(11..13)?, field(14..16)?, field(17..19)?);
+    // Days from 1970-01-01 to the date, counting years from March so that leap days
+    // come last.
+    let (y, m) = if month <= 2 { (year - 1, month + 9) } else { (year, month - 3) };
+    let era_day = 365 * y + y / 4 - y / 100 + y / 400 + (153 * m + 2) / 5 + day - 1;
+    let days = era_day - 719_468;
+    i32::try_from(days * 86400 + hour * 3600 + minute * 60 + second).ok()
+}
+
 /// A Docker daemon of one node.
 #[derive(Debug, Clone)]
 pub struct NodeDocker {
@@ -201,15 +241,32 @@ impl NodeDocker {
 
     /// Creates and starts a container of `app`, passes its output to `output` as it comes,
     /// and returns its exit code once it ends. The container is removed afterwards.
+    /// `cursor` follows the output passed on, also when this future is dropped.
     pub async fn run(
         &self,
         container: &str,
         app: &Application,
         extras: &ContainerExtras,
+        cursor: &mut LogCursor,
         output: &mut (dyn FnMut(OutputStream, &[u8]) + Send),
     ) -> Result<i64, CoreError> {
         self.create(container, app, extras, None).await?;
-        let result = self.start_and_follow(container, output).await;
+        self.docker
+            .start_container(container, None)
+            .await
+            .map_err(|e| docker_error(&self.node, "cannot start the container", &e))?;
+        self.follow(container, cursor, output).await
+    }
+
+    /// Follows a running container, passing on its output after `cursor`, and returns
+    /// its exit code once it ends. The container is removed afterwards.
+    pub async fn follow(
+        &self,
+        container: &str,
+        cursor: &mut LogCursor,
+        output: &mut (dyn FnMut(OutputStream, &[u8]) + Send),
+    ) -> Result<i64, CoreError> {
+        let result = self.follow_to_exit(container, cursor, output).await;
         self.remove(container).await;
         result
     }
@@ -262,24 +319,32 @@ impl NodeDocker {
         Ok(())
     }
 
-    async fn start_and_follow(
+    async fn follow_to_exit(
         &self,
         container: &str,
+        cursor: &mut LogCursor,
         output: &mut (dyn FnMut(OutputStream, &[u8]) + Send),
     ) -> Result<i64, CoreError> {
-        self.docker
-            .start_container(container, None)
-            .await
-            .map_err(|e| docker_error(&self.node, "cannot start the container", &e))?;
-        let options = LogsOptionsBuilder::default().follow(true).stdout(true).stderr(true).build();
+        let options = LogsOptionsBuilder::default()
+            .follow(true)
+            .stdout(true)
+            .stderr(true)
+            .timestamps(true)
+            .since(cursor.since())
+            .build();
         let mut logs = self.docker.logs(container, Some(options));
         while let Some(item) = logs.next().await {
-            match item.map_err(|e| docker_error(&self.node, "lost the container's output", &e))? {
+            let item =
+                item.map_err(|e| docker_error(&self.node, "lost the container's output", &e))?;
+            let (stream, entry) = match &item {
                 LogOutput::StdOut { message } | LogOutput::Console { message } => {
-                    output(OutputStream::Stdout, &message)
+                    (OutputStream::Stdout, message)
                 }
-                LogOutput::StdErr { message } => output(OutputStream::Stderr, &message),
-                LogOutput::StdIn { .. } => {}
+                LogOutput::StdErr { message } => (OutputStream::Stderr, message),
+                LogOutput::StdIn { .. } => continue,
+            };
+            if let Some(text) = cursor.advance(entry) {
+                output(stream, text);
             }
         }
         let mut wait = self.docker.wait_container(container, None);
@@ -434,6 +499,32 @@ fn docker_error(node: &str, what: &str, err: &bollard::errors::Error) -> CoreErr
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_log_cursor_passes_on_only_entries_after_it() {
+        let mut cursor = LogCursor::default();
+        let first = b"2026-12-04T01:00:00.100000000Z step 1\n";
+        let second = b"2026-12-04T01:00:00.200000000Z step 2\n";
+        assert_eq!(cursor.advance(first), Some(&b"step 1\n"[..]));
+        assert_eq!(cursor.advance(second), Some(&b"step 2\n"[..]));
+        assert_eq!(cursor.0.as_deref(), Some("2026-12-04T01:00:00.200000000Z"));
+        // Following again from the start, as after a restore: what was passed on is skipped.
+        let mut again = cursor.clone();
+        assert_eq!(again.advance(first), None);
+        assert_eq!(again.advance(second), None);
+        let third = b"2026-12-04T01:00:05.000000000Z step 3\n";
+        assert_eq!(again.advance(third), Some(&b"step 3\n"[..]));
+        assert_eq!(again.since(), 1_796_346_005);
+        assert_eq!(LogCursor::default().since(), 0);
+    }
+
+    #[test]
+    fn timestamps_become_unix_seconds() {
+        assert_eq!(unix_seconds("1970-01-01T00:00:00.000000000Z"), Some(0));
+        assert_eq!(unix_seconds("2000-03-01T00:00:00Z"), Some(951_868_800));
+        assert_eq!(unix_seconds("2024-02-29T23:59:59.5Z"), Some(1_709_251_199));
+        assert_eq!(unix_seconds("not a time"), None);
+    }
 
     #[test]
     fn references_split_into_repository_and_tag() {

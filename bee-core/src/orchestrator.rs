@@ -7,9 +7,13 @@
 //! (`checkpoint.margin` before), it runs `checkpoint.command` in the master's container,
 //! waits for the application to save its state into the shared directory and exit, stops
 //! the cluster and keeps the shared directory in the run's data directory: that is the
-//! data that moves to the next platform. When the application exits by itself, its
-//! shared directory goes to `storage.output` and the run is complete. With no platform
-//! left, the checkpoint stays and `bee resume` continues later.
+//! data that moves to the next platform. An application without `[checkpoint]` is
+//! checkpointed at the VM level instead ([`VM_CHECKPOINT_MARGIN`] before the slot ends):
+//! the backend saves the whole nodes, with the application still running in them, into
+//! the data directory, and the next platform starts them from there and follows the
+//! application on. When the application exits by itself, its shared directory goes to
+//! `storage.output` and the run is complete. With no platform left, the checkpoint stays
+//! and `bee resume` continues later.
 //!
 //! Every step is recorded in the run database ([`crate::runs`]) before it is taken, so
 //! that [`Orchestrator::resume`] can continue after a crash or a `kill -9` of bee: a
@@ -31,14 +35,18 @@
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use crate::cluster::{self, CheckpointAt, ClusterBuilder, RunEnd};
-use crate::config::{Application, Config, StorageSpec};
+use crate::cluster::{self, CheckpointAt, CheckpointHow, ClusterBuilder, RunEnd, VmCheckpoint};
+use crate::config::{Application, Config, StorageSpec, VM_CHECKPOINT_MARGIN};
 use crate::docker::OutputStream;
 use crate::error::CoreError;
 use crate::events::Events;
 use crate::record::RecordStore;
 use crate::runs::{Run, RunPhase, RunStore};
 use crate::traits::{Backend, Storage};
+
+/// Where a VM-level checkpoint is written, beside the run's data directory, which it
+/// replaces once complete.
+const PARTIAL_DIR: &str = "data.partial";
 
 /// What the front end provides: the parts each platform is built from.
 #[async_trait::async_trait]
@@ -192,6 +200,13 @@ impl<'a> Orchestrator<'a> {
     ) -> Result<Option<RunOutcome>, CoreError> {
         let transferring = run.phase == RunPhase::Transferring;
         self.tear_down_leftover(&run.name, transferring).await?;
+        // Killed between dropping the last checkpoint and moving a new VM-level one in.
+        let data = self.runs.data_dir(&run.name);
+        let partial = data.with_file_name(PARTIAL_DIR);
+        if !data.exists() && VmCheckpoint::read(&partial)?.is_some() {
+            std::fs::rename(&partial, &data)
+                .map_err(|e| CoreError::io("cannot move the checkpoint to", &data, e))?;
+        }
         match (run.phase, run.exit_code) {
             (RunPhase::Transferring, Some(code)) => {
                 self.complete(run, code)?;
@@ -290,29 +305,51 @@ impl<'a> Orchestrator<'a> {
         if !restoring {
             remove_dir(&data)?;
         }
+        // What the checkpoint holds, not what the configuration now asks for, says how to
+        // restore it: `bee resume` reads a configuration that may have changed.
+        let whole_vm = restoring && VmCheckpoint::read(&data)?.is_some();
 
-        let staged = staged_config(config, restoring.then_some(data.as_path()));
         let builder = self.platforms.builder(config, index)?;
-        let mut cluster =
-            builder.up(&staged, self.events).await.map_err(|err| CoreError::Step {
-                step: format!("cannot start cluster {}", config.name),
-                source: err.into(),
-            })?;
-        let delivered = cluster.deliver(app, self.events).await;
+        let started = match whole_vm {
+            true => builder.restore(config, &data, self.events).await,
+            false => {
+                let staged = staged_config(config, restoring.then_some(data.as_path()));
+                builder.up(&staged, self.events).await
+            }
+        };
+        let mut cluster = started.map_err(|err| CoreError::Step {
+            step: format!("cannot start cluster {}", config.name),
+            source: err.into(),
+        })?;
+        // Restored nodes have the image, and the application running.
+        let delivered = match whole_vm {
+            true => Ok(()),
+            false => cluster.deliver(app, self.events).await,
+        };
         if let Err(err) = delivered {
             self.stop_quietly(cluster).await;
             return Err(run_failed(run, err));
         }
 
         let mut here = app.clone();
-        if let (true, Some(checkpoint)) = (restoring, &config.checkpoint) {
+        if let (true, false, Some(checkpoint)) = (restoring, whole_vm, &config.checkpoint) {
             here.command = checkpoint.restore.clone();
         }
+        let partial = data.with_file_name(PARTIAL_DIR);
+        let now = tokio::time::Instant::now();
         let checkpoint = match (platform.time_slot, &config.checkpoint) {
             (Some(slot), Some(checkpoint)) => Some(CheckpointAt {
-                at: tokio::time::Instant::now() + slot.saturating_sub(checkpoint.margin),
-                command: checkpoint.command.clone(),
-                timeout: checkpoint.timeout,
+                at: now + slot.saturating_sub(checkpoint.margin),
+                how: CheckpointHow::Application {
+                    command: checkpoint.command.clone(),
+                    timeout: checkpoint.timeout,
+                },
+            }),
+            // The new checkpoint is written beside the last one, which it replaces only
+            // once complete.
+            (Some(slot), None) => Some(CheckpointAt {
+                at: now + slot.saturating_sub(VM_CHECKPOINT_MARGIN),
+                how: CheckpointHow::Vm { into: partial.clone() },
             }),
             _ => None,
         };
@@ -330,7 +367,9 @@ impl<'a> Orchestrator<'a> {
             }
             self.events.message(&line);
         };
-        let ended = cluster.run_until(&here, output, checkpoint.as_ref(), &mut on_checkpoint).await;
+        let ended = cluster
+            .run_until(&here, output, checkpoint.as_ref(), &mut on_checkpoint, self.events)
+            .await;
         match ended {
             Ok(RunEnd::Exited(code)) => {
                 run.phase = RunPhase::Transferring;
@@ -340,6 +379,25 @@ impl<'a> Orchestrator<'a> {
                 cluster.down(self.events).await?;
                 self.complete(run, code)?;
                 Ok(Some(RunOutcome::Completed(code)))
+            }
+            Ok(RunEnd::Checkpointed)
+                if matches!(checkpoint_how(&checkpoint), Some(CheckpointHow::Vm { .. })) =>
+            {
+                // The nodes are saved and gone; what is left of the cluster is not output.
+                cluster.collect_into(None)?;
+                remove_dir(&data)?;
+                std::fs::rename(&partial, &data)
+                    .map_err(|e| CoreError::io("cannot move the checkpoint to", &data, e))?;
+                run.phase = RunPhase::Transferring;
+                run.detail = format!(
+                    "saved checkpoint {} of the whole nodes from {place} ({})",
+                    run.checkpoints + 1,
+                    describe_size(&data)
+                );
+                self.runs.save(run)?;
+                self.events.message(&run.detail);
+                cluster.down(self.events).await?;
+                Ok(None)
             }
             Ok(RunEnd::Checkpointed) => {
                 // The cluster record points at the data directory before the run says it
@@ -357,6 +415,7 @@ impl<'a> Orchestrator<'a> {
                 // What the application wrote goes to the output, as without checkpoints;
                 // the checkpoint in the data directory stays as it was.
                 self.stop_quietly(cluster).await;
+                remove_dir(&partial)?;
                 Err(run_failed(run, err))
             }
         }
@@ -437,6 +496,26 @@ fn run_failed(run: &Run, err: CoreError) -> CoreError {
         ),
     };
     CoreError::Step { step, source: Box::new(err) }
+}
+
+/// How `checkpoint`, if any, is taken.
+fn checkpoint_how(checkpoint: &Option<CheckpointAt>) -> Option<&CheckpointHow> {
+    checkpoint.as_ref().map(|c| &c.how)
+}
+
+/// The size of the files under `dir` on disk, such as `812 MiB on disk`.
+fn describe_size(dir: &Path) -> String {
+    fn on_disk(path: &Path) -> u64 {
+        use std::os::unix::fs::MetadataExt;
+        match std::fs::symlink_metadata(path) {
+            Ok(meta) if meta.is_dir() => std::fs::read_dir(path)
+                .map(|entries| entries.flatten().map(|e| on_disk(&e.path())).sum())
+                .unwrap_or(0),
+            Ok(meta) => meta.blocks() * 512,
+            Err(_) => 0,
+        }
+    }
+    format!("{} MiB on disk", on_disk(dir).div_ceil(1 << 20))
 }
 
 /// Sets a run's phase from within a running step.

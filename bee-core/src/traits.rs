@@ -197,6 +197,41 @@ pub trait Backend: Send + Sync {
     /// Says, for each node of the record, whether it is still running.
     async fn health(&self, store: &RecordStore) -> Vec<NodeHealth>;
 
+    /// Saves the whole state of every node of the record (memory, devices, disks and what
+    /// the guest needs to look the same) into `into`, and stops the nodes without shutting
+    /// their guests down: a VM-level checkpoint, for applications that cannot save their
+    /// own state. What is moved into `into` is no longer the cluster's to remove. By
+    /// default a backend cannot do this.
+    async fn checkpoint(
+        &self,
+        _store: &mut RecordStore,
+        _into: &Path,
+        _events: &dyn Events,
+    ) -> Result<(), CoreError> {
+        Err(CoreError::Unsupported {
+            what: format!("a VM-level checkpoint on backend {}", self.name()),
+            instead: "add [checkpoint], so that the application saves its own state".into(),
+        })
+    }
+
+    /// Starts the nodes of `plan` from the state [`Backend::checkpoint`] saved in `from`,
+    /// which stays as it is, and returns once each answers SSH, like
+    /// [`Backend::provision`]. The guests continue where they stopped: their storage
+    /// comes from the checkpoint, so `plan.storages` is not used, and only the links
+    /// between them and their SSH ports are new.
+    async fn restore(
+        &self,
+        _plan: &ClusterPlan<'_>,
+        _from: &Path,
+        _store: &mut RecordStore,
+        _events: &dyn Events,
+    ) -> Result<Vec<NodeRecord>, CoreError> {
+        Err(CoreError::Unsupported {
+            what: format!("restoring a VM-level checkpoint on backend {}", self.name()),
+            instead: "move the run to a platform with backend = \"vm\"".into(),
+        })
+    }
+
     /// Stops and removes everything the record holds: gracefully first, then by force.
     /// Works from a fresh process and after a crash; resources already gone are fine.
     async fn teardown(&self, store: &mut RecordStore, events: &dyn Events)

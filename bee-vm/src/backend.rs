@@ -7,6 +7,10 @@
 //! socket and the serial console log. QEMU runs with `-daemonize`, so it reports start-up
 //! errors (a port taken, a bad file) before it detaches, and it outlives the `bee` process
 //! that started it; a later `bee down` finds it through the cluster record.
+//!
+//! The backend also saves running nodes into a VM-level checkpoint and starts nodes from
+//! one ([`crate::checkpoint`]): each node's directory keeps what its QEMU was started
+//! with (`vm.json`) for that.
 
 use std::net::{Ipv4Addr, SocketAddr, TcpListener};
 use std::path::{Path, PathBuf};
@@ -23,6 +27,7 @@ use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 use tokio::process::Command;
 
+use crate::checkpoint::{self, SavedNode};
 use crate::image::{GuestImage, ImageInputs};
 use crate::kvm;
 use crate::qemu::{self, Accel, DataNic, Disk, DiskFormat, Share, VmSpec};
@@ -95,6 +100,53 @@ impl VmBackend {
     }
 }
 
+impl VmBackend {
+    fn image(&self) -> Result<GuestImage, CoreError> {
+        match (&self.image, &self.cache) {
+            (Some(image), _) => Ok(image.clone()),
+            (None, Some((dir, inputs))) => Ok(GuestImage::locate(dir, inputs)?),
+            (None, None) => Err(backend_message("no guest image was given to the backend".into())),
+        }
+    }
+
+    /// KVM when it works here, else TCG with a warning; noted in the record.
+    async fn accel(
+        &self,
+        store: &mut RecordStore,
+        events: &dyn Events,
+    ) -> Result<Accel, CoreError> {
+        let cache = bee_core::paths::cache_dir().join("kvm-probe.json");
+        let decision = kvm::choose(Some(&cache)).await.map_err(|e| backend_error(&e))?;
+        if let Some(warning) = &decision.warning {
+            events.warning(warning);
+        }
+        let accel_name = match decision.accel {
+            Accel::Kvm => "accelerator: kvm",
+            Accel::Tcg => "accelerator: tcg (software emulation)",
+        };
+        store.update(|r| r.notes.push(accel_name.to_string()))?;
+        Ok(decision.accel)
+    }
+}
+
+/// Says where a node's QEMU started; where a node landed matters to the user once it is
+/// not this host.
+fn tell_started(node: &NodeRecord, place: &Place<'_>, events: &dyn Events) {
+    let name = &node.name;
+    let ssh = node.ssh.as_ref().map(|s| format!("{}:{}", s.host, s.port)).unwrap_or_default();
+    match place {
+        Place::Local => events.detail(&format!("{name}: qemu started, ssh on {ssh}")),
+        Place::Slurm(allocation, node) => events.message(&format!(
+            "{name}: qemu started on {} (step of Slurm job {}), ssh on {ssh}",
+            node.name, allocation.job_id
+        )),
+        Place::Ssh(host) => events.message(&format!(
+            "{name}: qemu started on {} over SSH, ssh on {ssh}",
+            host.destination
+        )),
+    }
+}
+
 /// Where the nodes of a cluster run.
 enum Placement {
     Local,
@@ -129,46 +181,49 @@ impl Backend for VmBackend {
         store: &mut RecordStore,
         events: &dyn Events,
     ) -> Result<Vec<NodeRecord>, CoreError> {
-        let image = match (&self.image, &self.cache) {
-            (Some(image), _) => image.clone(),
-            (None, Some((dir, inputs))) => GuestImage::locate(dir, inputs)?,
-            (None, None) => {
-                return Err(backend_message("no guest image was given to the backend".into()))
-            }
-        };
-        let image = &image;
+        let image = &self.image()?;
         let placement = self.placement().await?;
-        let cache = bee_core::paths::cache_dir().join("kvm-probe.json");
-        let decision = kvm::choose(Some(&cache)).await.map_err(|e| backend_error(&e))?;
-        if let Some(warning) = &decision.warning {
-            events.warning(warning);
-        }
-        let accel = decision.accel;
-        let accel_name = match accel {
-            Accel::Kvm => "accelerator: kvm",
-            Accel::Tcg => "accelerator: tcg (software emulation)",
-        };
-        store.update(|r| r.notes.push(accel_name.to_string()))?;
-
+        let accel = self.accel(store, events).await?;
         let mut nodes = Vec::new();
         for (index, name) in plan.node_names.iter().enumerate() {
             let place = placement.place(index);
             let node = start_node(image, plan, index, name, accel, &place, store).await?;
-            let ssh = node.ssh.as_ref().map(|s| format!("{}:{}", s.host, s.port));
-            let ssh = ssh.unwrap_or_default();
-            // Where a node landed matters to the user once it is not this host.
-            match &place {
-                Place::Local => events.detail(&format!("{name}: qemu started, ssh on {ssh}")),
-                Place::Slurm(allocation, node) => events.message(&format!(
-                    "{name}: qemu started on {} (step of Slurm job {}), ssh on {ssh}",
-                    node.name, allocation.job_id
-                )),
-                Place::Ssh(host) => events.message(&format!(
-                    "{name}: qemu started on {} over SSH, ssh on {ssh}",
-                    host.destination
-                )),
-            }
+            tell_started(&node, &place, events);
             nodes.push(node);
+        }
+        Ok(nodes)
+    }
+
+    async fn checkpoint(
+        &self,
+        store: &mut RecordStore,
+        into: &Path,
+        events: &dyn Events,
+    ) -> Result<(), CoreError> {
+        checkpoint::save(store, into, events).await
+    }
+
+    async fn restore(
+        &self,
+        plan: &ClusterPlan<'_>,
+        from: &Path,
+        store: &mut RecordStore,
+        events: &dyn Events,
+    ) -> Result<Vec<NodeRecord>, CoreError> {
+        let image = self.image()?;
+        let placement = self.placement().await?;
+        let accel = self.accel(store, events).await?;
+        // Listening ends of the links first, as at boot: node order guarantees it.
+        let mut nodes = Vec::new();
+        for (index, name) in plan.node_names.iter().enumerate() {
+            let place = placement.place(index);
+            let node = restore_node(&image, plan, index, name, accel, from, &place, store).await?;
+            tell_started(&node, &place, events);
+            nodes.push(node);
+        }
+        for name in &plan.node_names {
+            let qmp = store.dir().join(name).join("qmp.sock");
+            checkpoint::resume(name, &qmp, &from.join(name).join(checkpoint::MEMORY_FILE)).await?;
         }
         Ok(nodes)
     }
@@ -310,19 +365,60 @@ async fn start_node(
     let mut disks = vec![Disk { path: overlay.clone(), format: DiskFormat::Qcow2, cache: None }];
     disks.extend(extra_disks);
     let qmp = dir.join("qmp.sock");
-    // QEMU on another host serves QMP there; its ssh session forwards it to a socket here.
-    let monitor = match place {
-        Place::Ssh(_) => dir.join(QMP_FORWARD),
-        _ => qmp.clone(),
-    };
     let pidfile = dir.join("qemu.pid");
     let ssh_addr = plan.hosts.get(index).copied().unwrap_or(Ipv4Addr::LOCALHOST);
+    let hardware = plan.config.hardware;
+    let spec = VmSpec {
+        name: name.to_string(),
+        accel,
+        cpus: hardware.cpus,
+        memory_mib: hardware.memory_mib,
+        kernel: image.kernel(),
+        initrd: image.initrd(),
+        append: KERNEL_APPEND.to_string(),
+        disks,
+        ssh_addr,
+        ssh_port: 0,
+        data_nics,
+        shares,
+        fw_cfg: vec![
+            ("opt/bee/ssh_host_ed25519_key".to_string(), host_key.clone()),
+            ("opt/bee/node".to_string(), node_env.clone()),
+        ],
+        qmp_socket: qmp,
+        serial_log: dir.join("console.log"),
+        pidfile: matches!(place, Place::Local).then_some(pidfile),
+        ssh_mac: [0x52, 0x54, 0x00, 0x00, (index >> 8) as u8, index as u8],
+        incoming: None,
+    };
+    SavedNode::of(&spec, store.dir(), &host_pub)?.write(&dir)?;
+    launch(&spec, place, store, &image.key(), &host_pub).await
+}
+
+/// Starts the QEMU of `spec` where `place` says, with a free SSH port (another one when a
+/// process takes the first meanwhile), records it, pins `host_pub` for its SSH, and
+/// returns the node.
+async fn launch(
+    spec: &VmSpec,
+    place: &Place<'_>,
+    store: &mut RecordStore,
+    client_key: &Path,
+    host_pub: &str,
+) -> Result<NodeRecord, CoreError> {
+    let name = spec.name.as_str();
+    let dir = store.dir().join(name);
     let what = match place {
         Place::Local => "qemu",
         Place::Slurm(..) => "srun",
         Place::Ssh(..) => "ssh",
     };
-    let hardware = plan.config.hardware;
+    let ssh_addr = spec.ssh_addr;
+    let qmp = spec.qmp_socket.clone();
+    // QEMU on another host serves QMP there; its ssh session forwards it to a socket here.
+    let monitor = match place {
+        Place::Ssh(_) => dir.join(QMP_FORWARD),
+        _ => qmp.clone(),
+    };
     let mut last_error = None;
     for _ in 0..PORT_ATTEMPTS {
         let port = free_port()?;
@@ -336,28 +432,7 @@ async fn start_node(
                 qmp: Some(monitor.clone()),
             });
         })?;
-        let spec = VmSpec {
-            name: name.to_string(),
-            accel,
-            cpus: hardware.cpus,
-            memory_mib: hardware.memory_mib,
-            kernel: image.kernel(),
-            initrd: image.initrd(),
-            append: KERNEL_APPEND.to_string(),
-            disks: disks.clone(),
-            ssh_addr,
-            ssh_port: port,
-            data_nics: data_nics.clone(),
-            shares: shares.clone(),
-            fw_cfg: vec![
-                ("opt/bee/ssh_host_ed25519_key".to_string(), host_key.clone()),
-                ("opt/bee/node".to_string(), node_env.clone()),
-            ],
-            qmp_socket: qmp.clone(),
-            serial_log: dir.join("console.log"),
-            pidfile: matches!(place, Place::Local).then(|| pidfile.clone()),
-            ssh_mac: [0x52, 0x54, 0x00, 0x00, (index >> 8) as u8, index as u8],
-        };
+        let spec = VmSpec { ssh_port: port, ..spec.clone() };
         let spawned = match place {
             Place::Local => spawn_qemu(name, &spec).await,
             Place::Slurm(allocation, node) => {
@@ -397,7 +472,7 @@ async fn start_node(
                         host: ssh_addr.to_string(),
                         port,
                         user: "bee".to_string(),
-                        key: image.key(),
+                        key: client_key.to_path_buf(),
                         known_hosts,
                     }),
                 });
@@ -418,6 +493,69 @@ async fn start_node(
         }
     }
     Err(last_error.unwrap_or_else(|| backend_message(format!("{name}: no free port found"))))
+}
+
+/// Starts node `index` from the checkpoint in `from`: its files copied into the cluster
+/// directory, the same hardware, MACs and fw_cfg files, the links of `plan` (new ports),
+/// and QEMU waiting for the migration stream. [`checkpoint::resume`] lets it run.
+#[allow(clippy::too_many_arguments)]
+async fn restore_node(
+    image: &GuestImage,
+    plan: &ClusterPlan<'_>,
+    index: usize,
+    name: &str,
+    accel: Accel,
+    from: &Path,
+    place: &Place<'_>,
+    store: &mut RecordStore,
+) -> Result<NodeRecord, CoreError> {
+    let dir = store.dir().join(name);
+    record_path(store, name, "node directory", &dir)?;
+    std::fs::create_dir_all(&dir).map_err(|e| CoreError::io("cannot create", &dir, e))?;
+    let cluster_dir = store.dir().to_path_buf();
+    let saved = checkpoint::bring_back(from, &cluster_dir, name).await?;
+
+    let mut data_nics = data_nics(plan, index)?;
+    if data_nics.len() != saved.data_macs.len() {
+        return Err(backend_message(format!(
+            "{name}: the checkpoint has {} data-plane NIC(s), the network now plans {}: restore \
+             with the network.mode it was saved with",
+            saved.data_macs.len(),
+            data_nics.len()
+        )));
+    }
+    for (nic, mac) in data_nics.iter_mut().zip(&saved.data_macs) {
+        nic.set_mac(*mac);
+    }
+    let disks = saved
+        .disks
+        .iter()
+        .map(|disk| Disk { path: cluster_dir.join(&disk.path), ..disk.clone() })
+        .collect();
+    let fw_cfg = saved.fw_cfg.iter().map(|(n, file)| (n.clone(), cluster_dir.join(file))).collect();
+    let spec = VmSpec {
+        name: name.to_string(),
+        accel,
+        cpus: saved.cpus,
+        memory_mib: saved.memory_mib,
+        kernel: saved.kernel.clone(),
+        initrd: saved.initrd.clone(),
+        append: saved.append.clone(),
+        disks,
+        ssh_addr: plan.hosts.get(index).copied().unwrap_or(Ipv4Addr::LOCALHOST),
+        ssh_port: 0,
+        data_nics,
+        shares: Vec::new(),
+        fw_cfg,
+        qmp_socket: dir.join("qmp.sock"),
+        serial_log: dir.join("console.log"),
+        pidfile: matches!(place, Place::Local).then(|| dir.join("qemu.pid")),
+        ssh_mac: saved.ssh_mac,
+        incoming: Some(from.join(name).join(checkpoint::MEMORY_FILE)),
+    };
+    // The node can be checkpointed again, from its new directory.
+    saved.write(&dir)?;
+    launch(&spec, place, store, &image.key(), &saved.host_key).await
 }
 
 fn record_path(
@@ -461,7 +599,7 @@ async fn make_overlay(base: &Path, overlay: &Path) -> Result<(), CoreError> {
     .await
 }
 
-async fn run_tool(program: &str, command: &mut Command) -> Result<(), CoreError> {
+pub(crate) async fn run_tool(program: &str, command: &mut Command) -> Result<(), CoreError> {
     tracing::debug!(?command, "running");
     let output = command.stdin(Stdio::null()).output().await.map_err(|e| CoreError::Command {
         program: program.to_string(),
@@ -582,7 +720,7 @@ pub fn process_start_time(pid: u32) -> Option<u64> {
 }
 
 /// True when `pid` runs and is the process that was recorded (not a reused PID).
-fn is_running(pid: u32, start_time: Option<u64>) -> bool {
+pub(crate) fn is_running(pid: u32, start_time: Option<u64>) -> bool {
     match process_start_time(pid) {
         Some(now) => start_time.is_none_or(|recorded| recorded == now),
         None => false,
@@ -662,7 +800,7 @@ async fn request_powerdown(qmp: &Path) -> Result<(), String> {
 }
 
 /// Polls until the process is gone or `timeout` passes; true when it is gone.
-async fn wait_gone(pid: u32, start_time: Option<u64>, timeout: Duration) -> bool {
+pub(crate) async fn wait_gone(pid: u32, start_time: Option<u64>, timeout: Duration) -> bool {
     let deadline = Instant::now() + timeout;
     while Instant::now() < deadline {
         if !is_running(pid, start_time) {

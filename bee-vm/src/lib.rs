@@ -6,6 +6,8 @@
 //! - [`backend`] implements [`bee_core::traits::Backend`]: one qcow2 overlay per node
 //!   (phase 2), a host key per node that bee pins, QEMU processes that outlive the `bee`
 //!   process that started them, and teardown from the on-disk record.
+//! - [`checkpoint`] saves running nodes into a VM-level checkpoint (QEMU migration into a
+//!   file) and starts them again from it, on this platform or another.
 //!
 //! - [`slurm`] places nodes in the current Slurm allocation (`hosts = "slurm"`), each
 //!   QEMU in its own job step.
@@ -20,6 +22,7 @@
 use std::path::{Path, PathBuf};
 
 pub mod backend;
+pub mod checkpoint;
 pub mod image;
 pub mod kvm;
 pub mod qemu;

@@ -170,7 +170,8 @@ impl fmt::Display for Accel {
 }
 
 /// Format of a disk image.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
 pub enum DiskFormat {
     /// QEMU copy-on-write image, such as a per-node overlay.
     Qcow2,
@@ -188,7 +189,7 @@ impl DiskFormat {
 }
 
 /// A virtio block device; the first one is the guest's `/dev/vda`.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Disk {
     /// Image file on the host.
     pub path: PathBuf,
@@ -252,6 +253,17 @@ impl DataNic {
             | DataNic::StreamConnect { mac, .. }
             | DataNic::SocketListen { mac, .. }
             | DataNic::SocketConnect { mac, .. } => *mac,
+        }
+    }
+
+    /// Gives the NIC another MAC address.
+    pub fn set_mac(&mut self, new: [u8; 6]) {
+        match self {
+            DataNic::Multicast { mac, .. }
+            | DataNic::StreamListen { mac, .. }
+            | DataNic::StreamConnect { mac, .. }
+            | DataNic::SocketListen { mac, .. }
+            | DataNic::SocketConnect { mac, .. } => *mac = new,
         }
     }
 
@@ -326,6 +338,9 @@ pub struct VmSpec {
     pub pidfile: Option<PathBuf>,
     /// MAC address of the user-mode NIC carrying SSH (the guest's `eth0`).
     pub ssh_mac: [u8; 6],
+    /// A file holding a migration stream (a VM-level checkpoint) that QEMU loads instead
+    /// of booting; the guest then waits, paused, for QMP's `cont`.
+    pub incoming: Option<PathBuf>,
 }
 
 impl VmSpec {
@@ -343,6 +358,10 @@ impl VmSpec {
         self.render_nics(&mut args);
         self.render_shares(&mut args)?;
         self.render_fw_cfg(&mut args)?;
+        if let Some(file) = &self.incoming {
+            // QEMU hands what follows `exec:` to `/bin/sh -c`.
+            args.pair("-incoming", format!("exec:cat {}", shell_quote(utf8(file)?)));
+        }
         Ok(args.0)
     }
 
@@ -484,6 +503,11 @@ pub fn qemu_binary() -> PathBuf {
     }
 }
 
+/// Quotes `text` as one word for `/bin/sh`.
+pub fn shell_quote(text: &str) -> String {
+    format!("'{}'", text.replace('\'', r"'\''"))
+}
+
 /// Formats a MAC address the way QEMU and `ip link` print it.
 pub fn format_mac(mac: [u8; 6]) -> String {
     let [a, b, c, d, e, f] = mac;
@@ -579,7 +603,17 @@ mod tests {
             serial_log: "/run/node0.log".into(),
             pidfile: None,
             ssh_mac: MAC0,
+            incoming: None,
         }
+    }
+
+    #[test]
+    fn an_incoming_checkpoint_is_read_through_a_quoted_shell_word() {
+        let spec = VmSpec { incoming: Some("/run/it's here/memory".into()), ..spec() };
+        let args = render(&spec);
+        let at = args.iter().position(|a| a == "-incoming").expect("-incoming rendered");
+        assert_eq!(args[at + 1], r"exec:cat '/run/it'\''s here/memory'");
+        assert!(!render(&self::spec()).contains(&"-incoming".to_string()));
     }
 
     fn render(spec: &VmSpec) -> Vec<String> {

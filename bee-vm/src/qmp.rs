@@ -158,6 +158,28 @@ impl Qmp {
         self.execute("system_powerdown", None).await.map(drop)
     }
 
+    /// Pauses the guest's CPUs.
+    pub async fn stop(&mut self) -> Result<(), QmpError> {
+        self.execute("stop", None).await.map(drop)
+    }
+
+    /// Resumes a paused guest, also one that has just loaded an incoming migration.
+    pub async fn cont(&mut self) -> Result<(), QmpError> {
+        self.execute("cont", None).await.map(drop)
+    }
+
+    /// Starts migrating the guest to `uri`, such as `exec:cat > FILE`; QEMU works in the
+    /// background, and [`Qmp::query_migrate`] says how far it got.
+    pub async fn migrate(&mut self, uri: &str) -> Result<(), QmpError> {
+        self.execute("migrate", Some(json!({ "uri": uri }))).await.map(drop)
+    }
+
+    /// The state of the outgoing or incoming migration, as `query-migrate` reports it.
+    pub async fn query_migrate(&mut self) -> Result<Migration, QmpError> {
+        let reply = self.execute("query-migrate", None).await?;
+        Ok(Migration::from_reply(&reply))
+    }
+
     /// Stops QEMU at once, without asking the guest.
     ///
     /// QEMU may close the socket before its reply arrives; that counts as success.
@@ -208,6 +230,34 @@ impl Qmp {
             Ok(message) if message.is_object() => Ok(message),
             _ => Err(QmpError::Protocol { awaited: awaited.into(), message: shorten(&line) }),
         }
+    }
+}
+
+/// How a migration stands, from `query-migrate`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Migration {
+    /// QEMU's status: `none` before any migration, `setup`, `active`, `completed`,
+    /// `failed`, `cancelled`, ...
+    pub status: String,
+    /// Why it failed, when QEMU says.
+    pub error: Option<String>,
+    /// Bytes of guest memory sent or received so far.
+    pub transferred: u64,
+}
+
+impl Migration {
+    fn from_reply(reply: &Value) -> Migration {
+        Migration {
+            // An incoming migration that has not begun yet has an empty reply.
+            status: reply.get("status").and_then(Value::as_str).unwrap_or("none").to_string(),
+            error: reply.get("error-desc").and_then(Value::as_str).map(str::to_string),
+            transferred: reply["ram"]["transferred"].as_u64().unwrap_or(0),
+        }
+    }
+
+    /// True once the migration ended, well or not.
+    pub fn is_over(&self) -> bool {
+        matches!(self.status.as_str(), "completed" | "failed" | "cancelled")
     }
 }
 
@@ -374,6 +424,22 @@ mod tests {
         let exit = time::timeout(Duration::from_secs(10), qemu.wait()).await;
         let exit = exit.expect("qemu exits after quit").unwrap();
         assert!(exit.success(), "qemu exited with {exit}");
+    }
+
+    #[test]
+    fn migration_status_is_read_from_query_migrate() {
+        let done = json!({"status": "completed", "ram": {"transferred": 312258657}});
+        let done = Migration::from_reply(&done);
+        assert_eq!(
+            (done.status.as_str(), done.transferred, done.is_over()),
+            ("completed", 312258657, true)
+        );
+        let failed = json!({"status": "failed", "error-desc": "Unable to write to command"});
+        let failed = Migration::from_reply(&failed);
+        assert_eq!(failed.error.as_deref(), Some("Unable to write to command"));
+        assert!(failed.is_over());
+        let waiting = Migration::from_reply(&json!({}));
+        assert_eq!((waiting.status.as_str(), waiting.is_over()), ("none", false));
     }
 
     #[test]

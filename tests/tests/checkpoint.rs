@@ -1,8 +1,9 @@
 //! Algorithm 1 on real guests: an MPI application outlives its time slot, is checkpointed,
 //! moves to the next platform (the nodes of a real Slurm allocation, see
 //! [`bee_tests::slurm`]) and is restored there; with no platform left its checkpoint
-//! waits for `bee resume`. Needs the guest image, which `scripts/test.sh` builds when it
-//! is missing.
+//! waits for `bee resume`. The same counter without a checkpoint of its own is moved as a
+//! whole VM (QEMU migration into a file, restored with `-incoming`). Needs the guest
+//! image, which `scripts/test.sh` builds when it is missing.
 //!
 //! The clusters have one node running two MPI ranks, to keep the suite within CI's time
 //! on two cores (MPI across nodes is what `mpi.rs` tests). The result of an uninterrupted
@@ -48,6 +49,11 @@ fn expected_result(ranks: u64, steps: u64) -> String {
 /// A directory with the counter example's sources and a configuration whose cluster is
 /// `name`, with `extra` appended (checkpoint and platforms).
 fn counter_project(name: &str, extra: &str) -> (tempfile::TempDir, PathBuf) {
+    counter_project_on(name, "virtio-9p", extra)
+}
+
+/// [`counter_project`] with the shared directory on `storage`.
+fn counter_project_on(name: &str, storage: &str, extra: &str) -> (tempfile::TempDir, PathBuf) {
     let dir = tempfile::tempdir().unwrap();
     for file in ["counter.c", "Dockerfile"] {
         let from = repo_root().join("examples/checkpoint-counter").join(file);
@@ -57,7 +63,7 @@ fn counter_project(name: &str, extra: &str) -> (tempfile::TempDir, PathBuf) {
     let config = write_config(
         dir.path(),
         &format!(
-            "[cluster]\nname = \"{name}\"\nnodes = 1\n[storage]\nmode = \"virtio-9p\"\n\
+            "[cluster]\nname = \"{name}\"\nnodes = 1\n[storage]\nmode = \"{storage}\"\n\
              output = \"out\"\n[application]\ndockerfile = \"Dockerfile\"\n\
              tag = \"bee/counter:latest\"\n\
              command = [\"mpirun\", \"--oversubscribe\", \"-np\", \"{RANKS}\", {args}]\n{extra}"
@@ -185,6 +191,51 @@ fn bee_killed_while_moving_a_checkpoint_is_resumed_with_the_same_result() {
     assert_eq!(result_file(dir.path()), expected_result(RANKS, STEPS));
     let run = run_of(&env, "ckpt-kill");
     assert_eq!((run["phase"].as_str(), run["checkpoints"].as_u64()), (Some("completed"), Some(1)));
+    env.assert_no_cluster_left();
+}
+
+#[test]
+fn an_application_without_checkpoints_moves_as_a_whole_vm_and_ends_like_an_uninterrupted_one() {
+    let env = BeeEnv::new();
+    // No [checkpoint]: the slot ends in a VM-level checkpoint, 30 s before it ends.
+    let platforms = "[[platform]]\nbackend = \"vm\"\ntime_slot = \"45s\"\n\
+                     [[platform]]\nbackend = \"vm\"\n";
+    let (dir, config) = counter_project_on("ckpt-vm", "data-image-nfs", platforms);
+    let started = std::time::Instant::now();
+    let output = env.bee(&["-v", "run", config.to_str().unwrap()]);
+    let (out, err) = (stdout(&output), stderr(&output));
+    assert_eq!(output.status.code(), Some(0), "stdout:\n{out}\nstderr:\n{err}");
+    eprintln!(
+        "vm-level checkpoint run took {:.0}s; bee said:\n{err}",
+        started.elapsed().as_secs_f64()
+    );
+
+    assert!(
+        err.contains(
+            "checkpointing ckpt-vm before the time slot of platform 0 (vm on local, time slot \
+             45s) ends"
+        ),
+        "{err}"
+    );
+    assert!(err.contains("saved checkpoint 1 of the whole nodes from platform 0"), "{err}");
+    assert!(err.contains("ckpt-vm-0: saved "), "{err}");
+    assert!(err.contains("checkpoint 1 saved; moving to platform 1 (vm on local)"), "{err}");
+    assert!(err.contains("restoring checkpoint 1 on platform 1 (vm on local)"), "{err}");
+    assert!(err.contains("restoring 1 node(s) from their checkpoint"), "{err}");
+    // One process from start to end: it never restarted, and its output is not repeated.
+    assert_eq!(out.matches("counter: 2 ranks, starting at step 0 of 600").count(), 1, "{out}");
+    assert!(!out.contains("restarting"), "{out}");
+    let checksum = expected_result(RANKS, STEPS);
+    assert_eq!(out.matches(&format!("counter: {checksum}")).count(), 1, "{out}");
+
+    assert_eq!(result_file(dir.path()), checksum);
+    assert!(!dir.path().join("out/state").exists(), "the application saved no state itself");
+    let run = run_of(&env, "ckpt-vm");
+    assert_eq!(run["phase"], "completed");
+    assert_eq!(run["checkpoints"], 1);
+    assert_eq!(run["exit_code"], 0);
+    assert!(!env.state_dir().join("runs/ckpt-vm/data").exists(), "checkpoint left behind");
+    assert!(!env.state_dir().join("runs/ckpt-vm/data.partial").exists());
     env.assert_no_cluster_left();
 }
 

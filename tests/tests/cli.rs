@@ -206,3 +206,26 @@ fn a_backend_this_bee_lacks_is_refused_before_anything_boots() {
     assert!(!env.state_dir().join("clusters/cloud").exists());
     assert!(env.qemu_processes().is_empty());
 }
+
+#[test]
+fn a_vm_level_checkpoint_with_a_9p_share_is_refused_naming_what_works() {
+    let env = BeeEnv::new();
+    let dir = tempfile::tempdir().unwrap();
+    let config = write_config(
+        dir.path(),
+        "[cluster]\nname = \"x\"\nnodes = 1\n[storage]\nmode = \"virtio-9p\"\n\
+         [application]\nimage = \"debian:bookworm\"\n\
+         [[platform]]\nbackend = \"vm\"\ntime_slot = \"10m\"\n",
+    );
+    let output = env.bee(&["run", config.to_str().unwrap()]);
+    assert_eq!(output.status.code(), Some(125));
+    let expected = format!(
+        "bee: error: {}: storage.mode = \"virtio-9p\": platform[0].time_slot without \
+         [checkpoint] asks for a VM-level checkpoint (QEMU migration), and QEMU cannot migrate \
+         a guest with a mounted 9p share: use mode = \"data-image-nfs\", or add [checkpoint] so \
+         that the application saves its own state\n",
+        config.display()
+    );
+    assert_eq!(stderr(&output), expected);
+    env.assert_no_cluster_left();
+}
