@@ -107,6 +107,11 @@ enum Commands {
         /// The output directory (default: ./bee-bench-KIND-TIMESTAMP).
         #[arg(long, value_name = "DIR")]
         out: Option<PathBuf>,
+        /// With `network`: time this bee.toml's application under each network mode and
+        /// recommend the one that suits it. Repeat it for applications of the same cluster
+        /// and image, which then share one cluster per mode.
+        #[arg(long, value_name = "FILE")]
+        recommend: Vec<PathBuf>,
     },
 }
 
@@ -126,8 +131,8 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     init_logging(cli.verbose);
     // The benchmarks drive `bee` as child processes and start their own runtimes.
-    if let Commands::Bench { kind, quick, runs, out } = cli.command {
-        return bench(bee_benches::Options { kind, quick, runs, out, bee: None });
+    if let Commands::Bench { kind, quick, runs, out, recommend } = cli.command {
+        return bench(bee_benches::Options { kind, quick, runs, out, recommend, bee: None });
     }
     let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(runtime) => runtime,

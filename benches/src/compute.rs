@@ -329,6 +329,7 @@ fn results(accel: Accel, common: &Common, settings: Settings, samples: &[Vec<Fig
             ),
         ],
         table: String::new(),
+        recommendations: Vec::new(),
     };
     results.table = table(&results);
     results

@@ -475,6 +475,7 @@ impl Report {
                 "the KVM probe is not part of the bee up time; see settings".to_owned(),
             ],
             table: self.table(),
+            recommendations: Vec::new(),
         }
     }
 }

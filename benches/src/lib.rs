@@ -10,6 +10,8 @@
 //!   against the same I/O on a host directory.
 //! - `compute` ([`compute`]): HPC Challenge's STREAM triad and DGEMM in a container in a
 //!   guest, and in the guest itself, against the same run on the host.
+//! - `network --recommend FILE` ([`advisor`]): the application of a `bee.toml` timed under
+//!   each network mode, and the mode that suits it.
 //!
 //! [`run`] writes into one output directory `report.json` (schema:
 //! `benches/schema/report.schema.json`, [`results::SCHEMA`]), `summary.md`, and a PNG and
@@ -26,6 +28,7 @@
 //! (`$TMPDIR/bee-bench-*`, named in the progress) stay; `BEE_STATE_DIR=DIR bee down
 //! NAME` stops such a cluster.
 
+pub mod advisor;
 mod bee;
 pub mod compute;
 pub mod deploy;
@@ -86,6 +89,9 @@ pub struct Options {
     pub runs: Option<u32>,
     /// The output directory (default: `./bee-bench-KIND-TIMESTAMP`).
     pub out: Option<PathBuf>,
+    /// For the network benchmark: advise on the network mode for these `bee.toml`s'
+    /// applications instead of measuring the networks themselves (see [`advisor`]).
+    pub recommend: Vec<PathBuf>,
     /// The `bee` binary the benchmark drives (default: the one running, or the one next
     /// to this executable).
     pub bee: Option<PathBuf>,
@@ -120,14 +126,33 @@ pub const SUMMARY_FILE: &str = "summary.md";
 /// Runs one benchmark and writes its report, summary and plots.
 pub fn run(options: &Options) -> Result<Outcome> {
     let started = SystemTime::now();
+    let advise = match (options.recommend.is_empty(), options.kind) {
+        (true, _) => None,
+        (false, Kind::Network) => Some(advisor::load_all(&options.recommend)?),
+        (false, other) => bail!(
+            "--recommend is for `bee bench network` (it recommends a network mode), not for \
+             `bee bench {}`",
+            other.name()
+        ),
+    };
     let out = OutDir::prepare(options.out.clone(), options.kind, started)?;
     plot::check_font()?;
     bee::clean_up_on_interrupt()?;
     let runs = options.runs.unwrap_or(if options.quick { 1 } else { FULL_RUNS });
     let common = Common { bee: options.bee.clone(), runs, quick: options.quick };
 
-    let expected = expected(options.kind, options.quick, runs);
-    let set = if options.quick { "reduced set (--quick)" } else { "full set" };
+    let expected = match &advise {
+        Some(advised) => {
+            let nodes = advised.first().map_or(2, |a| a.config.nodes);
+            advisor::expected(advisor::modes_for(nodes).len(), advised.len(), runs)
+        }
+        None => expected(options.kind, options.quick, runs),
+    };
+    let set = match (&advise, options.quick) {
+        (Some(_), _) => "network-mode advisor",
+        (None, true) => "reduced set (--quick)",
+        (None, false) => "full set",
+    };
     progress(&format!(
         "{} benchmark, {set}, {runs} run(s): expect about {} min under TCG on two cores, \
          less with KVM; writing to {}",
@@ -137,11 +162,12 @@ pub fn run(options: &Options) -> Result<Outcome> {
     ));
 
     let clock = Instant::now();
-    let results = match options.kind {
-        Kind::Deploy => deploy::run(&common)?,
-        Kind::Network => network::run(&common)?,
-        Kind::Storage => storage::run(&common)?,
-        Kind::Compute => compute::run(&common)?,
+    let results = match (advise, options.kind) {
+        (Some(_), _) => advisor::run(&common, &options.recommend)?,
+        (None, Kind::Deploy) => deploy::run(&common)?,
+        (None, Kind::Network) => network::run(&common)?,
+        (None, Kind::Storage) => storage::run(&common)?,
+        (None, Kind::Compute) => compute::run(&common)?,
     };
     let took = clock.elapsed();
 

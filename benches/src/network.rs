@@ -842,6 +842,7 @@ impl Report {
                 "the clusters run one after another, minutes apart".to_owned(),
             ],
             table: self.table(),
+            recommendations: Vec::new(),
         }
     }
 }

@@ -128,6 +128,26 @@ pub struct Comparison {
     pub target: Option<Target>,
 }
 
+/// What the network-mode advisor recommends for one application, from the series of one
+/// metric.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Recommendation {
+    /// The `bee.toml` of the application, as given.
+    pub file: String,
+    /// The [`Metric::id`] the pick is made on.
+    pub metric: &'static str,
+    /// The recommended subject (a network mode's name).
+    pub mode: String,
+    /// The next best subject, if more than one was measured.
+    pub runner_up: Option<String>,
+    /// The runner-up's median over the recommended one's, less 1.
+    pub margin: Option<f64>,
+    /// Whether the pick stands out of the noise (see `advisor::recommend`).
+    pub clear: bool,
+    /// The pick and its evidence, in a sentence.
+    pub reason: String,
+}
+
 /// Everything one benchmark measured, before it is written out.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Results {
@@ -151,6 +171,9 @@ pub struct Results {
     pub notes: Vec<String>,
     /// The benchmark's own table, as printed.
     pub table: String,
+    /// The network-mode advisor's picks, one per application; none for every other
+    /// benchmark.
+    pub recommendations: Vec<Recommendation>,
 }
 
 impl Results {
@@ -227,7 +250,7 @@ impl Results {
             .collect();
         let comparisons: Vec<Value> =
             self.comparisons.iter().map(|c| self.comparison_json(c)).collect();
-        json!({
+        let mut report = json!({
             "schema_version": SCHEMA_VERSION,
             "benchmark": self.kind.name(),
             "bee_version": env!("CARGO_PKG_VERSION"),
@@ -251,7 +274,26 @@ impl Results {
             "series": series,
             "comparisons": comparisons,
             "notes": self.notes,
-        })
+        });
+        let picks: Vec<Value> = self
+            .recommendations
+            .iter()
+            .map(|pick| {
+                json!({
+                "file": pick.file,
+                "metric": pick.metric,
+                "mode": pick.mode,
+                "runner_up": pick.runner_up,
+                "margin": pick.margin.and_then(finite),
+                "clear": pick.clear,
+                "reason": pick.reason,
+                })
+            })
+            .collect();
+        if !picks.is_empty() {
+            report["recommendations"] = Value::Array(picks);
+        }
+        report
     }
 
     fn comparison_json(&self, comparison: &Comparison) -> Value {
@@ -375,6 +417,7 @@ pub(crate) mod tests {
             ],
             notes: vec!["made up".to_owned()],
             table: "path  Mbit/s\n".to_owned(),
+            recommendations: Vec::new(),
         }
     }
 
@@ -424,6 +467,32 @@ pub(crate) mod tests {
         assert_eq!(json["metrics"][1]["x_label"], "nodes");
     }
 
+    /// What the advisor would say of the synthetic results.
+    pub(crate) fn recommendation() -> Recommendation {
+        Recommendation {
+            file: "app.toml".to_owned(),
+            metric: "bandwidth",
+            mode: "p2p-tree".to_owned(),
+            runner_up: Some("multicast".to_owned()),
+            margin: Some(0.25),
+            clear: true,
+            reason: "p2p-tree: faster".to_owned(),
+        }
+    }
+
+    #[test]
+    fn only_an_advisors_report_has_a_recommendation() {
+        let json = synthetic().to_json(&host(), UNIX_EPOCH, Duration::ZERO);
+        assert!(json.get("recommendations").is_none());
+        let advised = Results { recommendations: vec![recommendation()], ..synthetic() };
+        let json = advised.to_json(&host(), UNIX_EPOCH, Duration::ZERO);
+        assert_eq!(
+            json["recommendations"],
+            json!([{"file": "app.toml", "metric": "bandwidth", "mode": "p2p-tree", "runner_up": "multicast",
+                   "margin": 0.25, "clear": true, "reason": "p2p-tree: faster"}])
+        );
+    }
+
     #[test]
     fn report_json_validates_against_the_committed_schema() {
         let schema: Value = serde_json::from_str(SCHEMA).expect("the schema is JSON");
@@ -435,6 +504,14 @@ pub(crate) mod tests {
                 validator.iter_errors(&report).map(|e| e.to_string()).collect();
             assert!(errors.is_empty(), "report does not validate: {errors:?}");
         }
+
+        let advised = Results { recommendations: vec![recommendation()], ..synthetic() };
+        let report = advised.to_json(&host(), SystemTime::now(), Duration::from_secs(3));
+        let errors: Vec<String> = validator.iter_errors(&report).map(|e| e.to_string()).collect();
+        assert!(errors.is_empty(), "an advisor's report does not validate: {errors:?}");
+        let mut wrong = report.clone();
+        wrong["recommendations"][0]["mode"] = json!("ethernet");
+        assert_eq!(validator.iter_errors(&wrong).count(), 1);
 
         let mut broken = synthetic().to_json(&host(), SystemTime::now(), Duration::ZERO);
         broken["schema_version"] = json!(2);

@@ -524,6 +524,7 @@ impl Report {
                 "native: the same fio jobs on a host directory next to bee's state".to_owned(),
             ],
             table: self.table(),
+            recommendations: Vec::new(),
         }
     }
 }

@@ -26,6 +26,13 @@ pub fn render(
     out += &format!("- bee {}, QEMU {}\n", env!("CARGO_PKG_VERSION"), host.qemu_version);
     out += &format!("- host: {}\n", host.line());
     out += &format!("- accelerator: **{}**: {}\n\n", results.accel.as_str(), results.accel_note());
+    for pick in &results.recommendations {
+        let clear = if pick.clear { "clear" } else { "not clear" };
+        out += &format!(
+            "**Recommended network mode for {}: {}** ({clear}): {}\n\n",
+            pick.file, pick.mode, pick.reason
+        );
+    }
 
     out += "| metric | subject | median | reference | ratio | target | verdict |\n";
     out += "|---|---|---:|---|---:|---|---|\n";
@@ -100,5 +107,18 @@ mod tests {
         assert!(summary.contains("```text\npath  Mbit/s\n```"));
         assert!(summary.contains("![bandwidth.svg](bandwidth.svg)\n"));
         assert!(!summary.contains("![bandwidth.png]"));
+        assert!(!summary.contains("Recommended"));
+    }
+
+    #[test]
+    fn an_advisors_summary_leads_with_the_recommendation() {
+        let advised = Results {
+            recommendations: vec![crate::results::tests::recommendation()],
+            ..synthetic()
+        };
+        let summary = render(&advised, &host(), SystemTime::UNIX_EPOCH, Duration::ZERO, &[]);
+        assert!(summary.contains(
+            "**Recommended network mode for app.toml: p2p-tree** (clear): p2p-tree: faster\n\n| metric"
+        ), "{summary}");
     }
 }

@@ -162,7 +162,156 @@ fn bench_refuses_an_out_that_is_a_file_before_it_starts_anything() {
             file.display()
         )
     );
+    let output = env.bee(&["bench", "storage", "--recommend", "bee.toml"]);
+    assert_eq!(output.status.code(), Some(1));
+    assert_eq!(
+        stderr(&output),
+        "bee: error: --recommend is for `bee bench network` (it recommends a network mode), \
+         not for `bee bench storage`\n"
+    );
+    let single = dir.path().join("single.toml");
+    fs::write(&single, "[cluster]\nname = \"single\"\nnodes = 1\n").unwrap();
+    let output = env.bee(&["bench", "network", "--recommend", single.to_str().unwrap()]);
+    assert_eq!(output.status.code(), Some(1));
+    assert_eq!(
+        stderr(&output),
+        format!(
+            "bee: error: --recommend {}: cluster.nodes = 1: one node has no data-plane network \
+             to choose; give a configuration with nodes >= 2\n",
+            single.display()
+        )
+    );
+    let missing = dir.path().join("missing.toml");
+    let output = env.bee(&["bench", "network", "--recommend", missing.to_str().unwrap()]);
+    assert_eq!(output.status.code(), Some(1));
+    assert!(
+        stderr(&output).starts_with(&format!("bee: error: --recommend {}: ", missing.display())),
+        "{}",
+        stderr(&output)
+    );
     let output = env.bee(&["bench", "gpu"]);
     assert_eq!(output.status.code(), Some(2));
     assert!(stderr(&output).contains("[possible values: deploy, network, storage, compute]"));
+}
+
+/// One `pattern=NAME ... seconds=S` line of examples/net-patterns' program: its name and
+/// seconds.
+fn pattern_seconds(line: &str) -> Option<(String, f64)> {
+    let field =
+        |key: &str| line.split_whitespace().find_map(|f| f.strip_prefix(key).map(str::to_owned));
+    Some((field("pattern=")?, field("seconds=")?.parse().ok()?))
+}
+
+/// The network-mode advisor on two synthetic applications (examples/net-patterns: an
+/// all-to-all heavy one and a neighbour-exchange heavy one, a 1-D halo exchange) picks, for each, the mode that
+/// a direct measurement picks: the same programs timing themselves (MPI_Wtime) in a plain
+/// `bee run` under each mode.
+#[test]
+fn the_advisor_picks_the_mode_a_direct_measurement_picks_for_two_synthetic_apps() {
+    const MODES: [&str; 2] = ["multicast", "p2p-star"];
+    const PATTERNS: [(&str, &str); 2] =
+        [("alltoall", "alltoall 64 500"), ("halo", "halo 262144 60")];
+    let examples = repo_root().join("examples/net-patterns");
+    let env = BeeEnv::new();
+
+    // The direct measurement: each program three times in one run, the first to warm up.
+    let mut direct: Vec<(&str, &str, Vec<f64>)> = Vec::new();
+    let project = tempfile::tempdir().expect("temp dir");
+    for mode in MODES {
+        let mpirun: Vec<String> =
+            PATTERNS.iter().map(|(_, args)| format!("mpirun -np 3 /app/patterns {args}")).collect();
+        let config = project.path().join(format!("{mode}.toml"));
+        fs::write(
+            &config,
+            format!(
+                "[cluster]\nname = \"direct-{mode}\"\nnodes = 3\n\n[hardware]\ncpus = 1\n\
+                 memory = \"1GiB\"\n\n[network]\nmode = \"{mode}\"\n\n[application]\n\
+                 dockerfile = \"{}\"\ntag = \"bee/net-patterns:latest\"\n\
+                 command = [\"sh\", \"-c\", \"set -e; for i in 0 1 2; do {}; done\"]\n",
+                examples.join("Dockerfile").display(),
+                mpirun.join("; ")
+            ),
+        )
+        .unwrap();
+        let output = env.bee(&["run", config.to_str().unwrap()]);
+        let text = stdout(&output);
+        assert!(output.status.success(), "bee run under {mode}: {text}\n{}", stderr(&output));
+        for (pattern, _) in PATTERNS {
+            let times: Vec<f64> = text
+                .lines()
+                .filter_map(pattern_seconds)
+                .filter(|(name, _)| name == pattern)
+                .map(|(_, seconds)| seconds)
+                .collect();
+            assert_eq!(times.len(), 3, "three runs of {pattern} under {mode}: {text}");
+            direct.push((pattern, mode, times[1..].to_vec()));
+        }
+    }
+
+    // The advisor, on both files at once: one cluster per mode.
+    let tmp = tempfile::Builder::new().prefix("bbt-").tempdir_in("/tmp").expect("temp dir");
+    let out_parent = tempfile::tempdir().expect("temp dir");
+    let out = out_parent.path().join("advice");
+    let files: Vec<String> = PATTERNS
+        .iter()
+        .map(|(pattern, _)| examples.join(format!("{pattern}.toml")).display().to_string())
+        .collect();
+    let mut args = vec!["bench", "network", "--runs", "2", "--out", out.to_str().unwrap()];
+    for file in &files {
+        args.extend(["--recommend", file.as_str()]);
+    }
+    let mut command = env.command(&args);
+    command.env("TMPDIR", tmp.path());
+    let child = command
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("bee starts");
+    let output = bee_tests::wait_with_timeout(child, bee_tests::COMMAND_TIMEOUT, "the advisor");
+    let (out_text, err_text) = (stdout(&output), stderr(&output));
+    assert!(
+        output.status.success(),
+        "the advisor failed\nstdout:\n{out_text}\nstderr:\n{err_text}"
+    );
+    assert!(out_text.starts_with("network-mode advisor (accelerator: "), "{out_text}");
+
+    let report = read_report(&out.join("report.json"));
+    let errors: Vec<String> =
+        schema().iter_errors(&report).map(|e| format!("{e} at {}", e.instance_path())).collect();
+    assert!(errors.is_empty(), "report.json does not validate: {errors:#?}\n{report:#}");
+    for metric in ["app_1", "app_2"] {
+        assert_eq!(measured(&report, metric), MODES);
+        assert_plot(&out.join(format!("{metric}.png")));
+        assert_plot(&out.join(format!("{metric}.svg")));
+    }
+    let summary = fs::read_to_string(out.join("summary.md")).expect("summary.md");
+    eprintln!("{summary}");
+
+    let median = |times: &[f64]| {
+        let mut sorted = times.to_vec();
+        sorted.sort_by(f64::total_cmp);
+        (sorted[0] + sorted[sorted.len() - 1]) / 2.0
+    };
+    let picks = report["recommendations"].as_array().expect("recommendations");
+    assert_eq!(picks.len(), 2, "{report:#}");
+    for ((pattern, _), (pick, file)) in PATTERNS.iter().zip(picks.iter().zip(&files)) {
+        assert_eq!(pick["file"], file.as_str());
+        let times: Vec<(&str, f64)> = direct
+            .iter()
+            .filter(|(p, _, _)| p == pattern)
+            .map(|(_, mode, times)| (*mode, median(times)))
+            .collect();
+        let fastest = times.iter().min_by(|a, b| a.1.total_cmp(&b.1)).unwrap().0;
+        eprintln!("direct measurement of {pattern} (median s of 2 runs): {times:?}");
+        assert_eq!(
+            pick["mode"], fastest,
+            "the advisor and the direct measurement disagree on {pattern}: advisor {pick}, \
+             direct {times:?}"
+        );
+    }
+
+    env.assert_no_cluster_left();
+    assert_eq!(processes_mentioning(tmp.path()), Vec::<u32>::new(), "processes left behind");
+    let left: Vec<_> = fs::read_dir(tmp.path()).unwrap().flatten().map(|e| e.path()).collect();
+    assert!(left.is_empty(), "files left in TMPDIR: {left:?}");
 }
