@@ -347,9 +347,7 @@ async fn start_node(
     place: &Place<'_>,
     store: &mut RecordStore,
 ) -> Result<NodeRecord, CoreError> {
-    let dir = store.dir().join(name);
-    record_path(store, name, "node directory", &dir)?;
-    std::fs::create_dir_all(&dir).map_err(|e| CoreError::io("cannot create", &dir, e))?;
+    let dir = node_dir(store, name)?;
 
     let host_key = dir.join("ssh_host_ed25519_key");
     let host_pub = make_host_key(name, &host_key).await?;
@@ -509,9 +507,7 @@ async fn restore_node(
     place: &Place<'_>,
     store: &mut RecordStore,
 ) -> Result<NodeRecord, CoreError> {
-    let dir = store.dir().join(name);
-    record_path(store, name, "node directory", &dir)?;
-    std::fs::create_dir_all(&dir).map_err(|e| CoreError::io("cannot create", &dir, e))?;
+    let dir = node_dir(store, name)?;
     let cluster_dir = store.dir().to_path_buf();
     let saved = checkpoint::bring_back(from, &cluster_dir, name).await?;
 
@@ -567,6 +563,15 @@ fn record_path(
     store.update(|r| {
         r.resources.push(Resource::Path { node: node.into(), what: what.into(), path: path.into() })
     })
+}
+
+/// Creates the directory of node `name` in the cluster directory, recorded first so that
+/// teardown removes it.
+fn node_dir(store: &mut RecordStore, name: &str) -> Result<PathBuf, CoreError> {
+    let dir = store.dir().join(name);
+    record_path(store, name, "node directory", &dir)?;
+    std::fs::create_dir_all(&dir).map_err(|e| CoreError::io("cannot create", &dir, e))?;
+    Ok(dir)
 }
 
 /// Makes an ed25519 host key for a node and returns its public line (`type key comment`).

@@ -5,7 +5,8 @@
 //! out different links for its number of nodes, delivers the application's image, runs
 //! the application's command the given number of times, timing each run from the start
 //! of its container to its exit (as `bee run` runs it: `mpirun` start-up included), and
-//! recommends the mode with the lowest median. The recommendation is *clear* when the
+//! recommends the mode with the lowest median; the output of every run is kept in the
+//! output directory ([`RUN_LOGS`]). The recommendation is *clear* when the
 //! medians differ by at least [`CLEAR_MARGIN`] and every run under the recommended mode
 //! was faster than every run under the others; otherwise the report says the modes are
 //! within noise here.
@@ -43,14 +44,15 @@ use crate::{Common, Kind};
 /// the recommended one's for a clear recommendation.
 pub const CLEAR_MARGIN: f64 = 0.10;
 
-/// The metric the advisor measures.
-pub const METRIC: &str = "app_time";
+/// The directory in the output directory that keeps the output of every run, as
+/// `METRIC-MODE-RUN.log`, runs counted from 1.
+pub const RUN_LOGS: &str = "runs";
 
 /// How long an advice takes on the two-core TCG host: bringing up a cluster and delivering
-/// the image for each of `modes`, and there a warm-up and `runs` runs of each of `apps`
-/// short applications.
+/// the image for each of `modes`, and there `runs` runs of each of `apps` short
+/// applications (`mpirun`'s start-up alone takes about half a minute there).
 pub(crate) fn expected(modes: usize, apps: usize, runs: u32) -> Duration {
-    let per_mode = Duration::from_secs(150) + Duration::from_secs(20) * (apps as u32 * (runs + 1));
+    let per_mode = Duration::from_secs(150) + Duration::from_secs(60) * (apps as u32 * runs);
     per_mode * modes as u32
 }
 
@@ -131,11 +133,12 @@ pub fn load_all(files: &[PathBuf]) -> Result<Vec<Advised>> {
 }
 
 /// What the clusters of an advice are made of: `config` without what may differ between
-/// its files.
+/// its files (the network mode too, which the advisor sets itself).
 fn cluster_of(config: &Config) -> Config {
     let mut cluster = config.clone();
     cluster.file = PathBuf::new();
     cluster.name = String::new();
+    cluster.network.mode = NetworkMode::Multicast;
     cluster.checkpoint = None;
     cluster.platforms.truncate(1);
     if let Some(platform) = cluster.platforms.first_mut() {
@@ -163,8 +166,8 @@ pub(crate) fn run(common: &Common, files: &[PathBuf]) -> Result<Results> {
     let names: Vec<&str> = modes.iter().map(|m| m.name()).collect();
     let shown: Vec<String> = advised.iter().map(|a| a.file.display().to_string()).collect();
     progress(&format!(
-        "advising on {} ({} nodes, image {}): a warm-up and {} timed run(s) of each \
-         application under each of {} (accelerator: {})",
+        "advising on {} ({} nodes, image {}): {} run(s) of each application under each of \
+         {} (accelerator: {})",
         shown.join(", "),
         config.nodes,
         first.app.image,
@@ -173,12 +176,14 @@ pub(crate) fn run(common: &Common, files: &[PathBuf]) -> Result<Results> {
         accel.as_str()
     ));
 
+    let logs = common.out.join(RUN_LOGS);
+    std::fs::create_dir_all(&logs).with_context(|| format!("cannot create {}", logs.display()))?;
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     // measured[app] = [(mode, seconds of each run)]
     let mut measured: Vec<Vec<(NetworkMode, Vec<f64>)>> = vec![Vec::new(); advised.len()];
     for &mode in &modes {
         let state = BeeState::new(&tools)?;
-        let times = runtime.block_on(measure(&advised, mode, common.runs, &state))?;
+        let times = runtime.block_on(measure(&advised, mode, common.runs, &state, &logs))?;
         for (app, times) in measured.iter_mut().zip(times) {
             app.push((mode, times));
         }
@@ -216,14 +221,14 @@ fn config_for(config: &Config, mode: NetworkMode) -> Config {
     config
 }
 
-/// Brings the cluster up under `mode`, runs each application once to warm up and then
-/// `runs` times, and brings the cluster down again; the seconds of each timed run, per
-/// application.
+/// Brings the cluster up under `mode`, runs each application `runs` times (taking turns),
+/// and brings the cluster down again; the seconds of each run, per application.
 async fn measure(
     advised: &[Advised],
     mode: NetworkMode,
     runs: u32,
     state: &BeeState,
+    logs: &Path,
 ) -> Result<Vec<Vec<f64>>> {
     let config = config_for(&advised[0].config, mode);
     progress(&format!("{}: starting {} nodes", mode.name(), config.nodes));
@@ -234,19 +239,14 @@ async fn measure(
     let measured = async {
         cluster.deliver(&advised[0].app, &Printed).await?;
         let mut times = vec![Vec::new(); advised.len()];
-        for run in 0..=runs {
-            for (a, app_times) in advised.iter().zip(&mut times) {
-                let what = match run {
-                    0 => {
-                        format!("{}: {}: warm-up run (not counted)", mode.name(), a.file.display())
-                    }
-                    _ => format!("{}: {}: run {run} of {runs}", mode.name(), a.file.display()),
-                };
-                let seconds = timed_run(&mut cluster, &a.app).await.with_context(|| what.clone());
+        for run in 1..=runs {
+            for (i, (a, app_times)) in advised.iter().zip(&mut times).enumerate() {
+                let what = format!("{}: {}: run {run} of {runs}", mode.name(), a.file.display());
+                let log = logs.join(format!("{}-{}-{run}.log", METRICS[i], mode.name()));
+                let seconds =
+                    timed_run(&mut cluster, &a.app, &log).await.with_context(|| what.clone());
                 let seconds = step(&what, || seconds, |s| format!("{s:.2} s"))?;
-                if run > 0 {
-                    app_times.push(seconds);
-                }
+                app_times.push(seconds);
             }
         }
         Ok::<_, anyhow::Error>(times)
@@ -258,12 +258,14 @@ async fn measure(
     Ok(times)
 }
 
-/// One run of the application: its seconds, or its exit code and last output.
-async fn timed_run(cluster: &mut Cluster, app: &Application) -> Result<f64> {
+/// One run of the application, its output kept in `log`: its seconds, or its exit code and
+/// last output.
+async fn timed_run(cluster: &mut Cluster, app: &Application, log: &Path) -> Result<f64> {
     let mut printed = Vec::new();
     let started = Instant::now();
     let code = cluster.run(app, &mut |_, bytes| printed.extend_from_slice(bytes)).await?;
     let seconds = started.elapsed().as_secs_f64();
+    std::fs::write(log, &printed).with_context(|| format!("cannot write {}", log.display()))?;
     if code != 0 {
         let text = String::from_utf8_lossy(&printed);
         let tail: Vec<&str> = text.lines().rev().take(10).collect();
@@ -421,13 +423,14 @@ fn results(
             .map(|(_, name)| *name),
         "storage": config.storage.as_ref().map(|s| s.mode.name()),
         "modes": modes,
-        "warm_up_runs": 1,
+        "run_logs": RUN_LOGS,
         "clear_margin": CLEAR_MARGIN,
     });
     let mut notes = vec![
         "app_N: seconds from the start of application N's container on the master to its \
          exit, as `bee run` runs it (mpirun's start-up included), on one cluster per network \
-         mode; each application ran once to warm up before its timed runs"
+         mode, the applications taking turns; the output of every run is in \
+         runs/METRIC-MODE-RUN.log"
             .to_owned(),
         "the paper (sections III-A and VII) suggests p2p-tree for codes heavy in one-to-one \
          communication and multicast for all-to-all heavy ones; this measures the \
@@ -600,8 +603,10 @@ mod tests {
             std::fs::write(
                 &file,
                 format!(
-                    "[cluster]\nname = \"{name}\"\nnodes = {nodes}\n\n[application]\n\
-                     image = \"bee/base:latest\"\ncommand = [\"{command}\"]\n"
+                    "[cluster]\nname = \"{name}\"\nnodes = {nodes}\n\n[network]\n\
+                     mode = \"{}\"\n\n[application]\nimage = \"bee/base:latest\"\n\
+                     command = [\"{command}\"]\n",
+                    if command == "x" { "multicast" } else { "p2p-tree" }
                 ),
             )
             .unwrap();

@@ -432,7 +432,7 @@ mod tests {
         let figures = |triad, dgemm| Figures { triad_gb_s: triad, dgemm_gflop_s: dgemm };
         let samples =
             vec![vec![figures(20.0, 2.0)], vec![figures(19.0, 1.9)], vec![figures(1.0, 0.1)]];
-        let common = Common { bee: None, runs: 1, quick: true };
+        let common = Common { bee: None, runs: 1, quick: true, out: std::path::PathBuf::new() };
         let results = results(Accel::Tcg, &common, Settings::new(true), &samples);
         assert_eq!(results.comparisons.len(), 4);
         let met: Vec<Option<bool>> = results.comparisons.iter().map(|c| results.met(c)).collect();

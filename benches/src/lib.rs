@@ -103,6 +103,8 @@ pub(crate) struct Common {
     pub(crate) bee: Option<PathBuf>,
     pub(crate) runs: u32,
     pub(crate) quick: bool,
+    /// The output directory, for what a benchmark keeps beside its report.
+    pub(crate) out: PathBuf,
 }
 
 /// What a finished benchmark wrote.
@@ -139,7 +141,8 @@ pub fn run(options: &Options) -> Result<Outcome> {
     plot::check_font()?;
     bee::clean_up_on_interrupt()?;
     let runs = options.runs.unwrap_or(if options.quick { 1 } else { FULL_RUNS });
-    let common = Common { bee: options.bee.clone(), runs, quick: options.quick };
+    let common =
+        Common { bee: options.bee.clone(), runs, quick: options.quick, out: out.path.clone() };
 
     let expected = match &advise {
         Some(advised) => {
