@@ -1,7 +1,9 @@
 //! `bee bench KIND --quick --out DIR` on real guests: each benchmark writes a `report.json`
 //! that validates against the committed schema (`benches/schema/report.schema.json`),
 //! holds real samples, and comes with non-empty PNG and SVG plots and a summary; nothing
-//! it started is left behind. Needs the guest image, and on the host fio, iperf3, ping,
+//! it started is left behind. The network-mode advisor (`bee bench network --recommend`)
+//! is checked against the synthetic programs of examples/net-patterns. Needs the guest
+//! image, and on the host fio, iperf3, ping,
 //! hpcc and the DejaVu font (`scripts/setup.sh --tests` installs them). The benchmarks
 //! measure, so `scripts/test.sh` runs these one at a time.
 
