@@ -10,6 +10,8 @@
 //!   against the same I/O on a host directory.
 //! - `compute` ([`compute`]): HPC Challenge's STREAM triad and DGEMM in a container in a
 //!   guest, and in the guest itself, against the same run on the host.
+//! - `checkpoint` ([`checkpoint`]): checkpoint, transfer and restore of an application's
+//!   state between two platforms, by data size, against a plain copy of the same bytes.
 //!
 //! [`run`] writes into one output directory `report.json` (schema:
 //! `benches/schema/report.schema.json`, [`results::SCHEMA`]), `summary.md`, and a PNG and
@@ -27,6 +29,7 @@
 //! NAME` stops such a cluster.
 
 mod bee;
+pub mod checkpoint;
 pub mod compute;
 pub mod deploy;
 pub mod machine;
@@ -58,6 +61,8 @@ pub enum Kind {
     Storage,
     /// STREAM and DGEMM in a container in a guest against the host.
     Compute,
+    /// Checkpoint, transfer and restore between two platforms against a plain copy.
+    Checkpoint,
 }
 
 impl Kind {
@@ -68,6 +73,7 @@ impl Kind {
             Kind::Network => "network",
             Kind::Storage => "storage",
             Kind::Compute => "compute",
+            Kind::Checkpoint => "checkpoint",
         }
     }
 }
@@ -142,6 +148,7 @@ pub fn run(options: &Options) -> Result<Outcome> {
         Kind::Network => network::run(&common)?,
         Kind::Storage => storage::run(&common)?,
         Kind::Compute => compute::run(&common)?,
+        Kind::Checkpoint => checkpoint::run(&common)?,
     };
     let took = clock.elapsed();
 
@@ -184,6 +191,7 @@ fn expected(kind: Kind, quick: bool, runs: u32) -> Duration {
         Kind::Network => network::expected(quick),
         Kind::Storage => storage::expected(quick),
         Kind::Compute => compute::expected(quick),
+        Kind::Checkpoint => checkpoint::expected(quick),
     };
     fixed + per_run * runs
 }
@@ -297,7 +305,9 @@ mod tests {
 
     #[test]
     fn full_runs_take_longer_than_quick_ones() {
-        for kind in [Kind::Deploy, Kind::Network, Kind::Storage, Kind::Compute] {
+        use clap::ValueEnum;
+        for kind in Kind::value_variants() {
+            let kind = *kind;
             assert!(expected(kind, true, 1) < expected(kind, false, FULL_RUNS), "{kind:?}");
         }
     }
