@@ -230,17 +230,19 @@ fn rounds(lines: &[Stamped], name: &str, checkpoints: u32) -> Result<Vec<Round>>
                 .map(|i| from + i)
                 .with_context(|| format!("bee run {name} never printed {what}"))
         };
-        let bee = |prefix: String| move |line: &str| line.starts_with(&prefix);
+        let starts = |prefix: String| move |line: &str| line.starts_with(&prefix);
         let requested = find(
             from,
             Stream::Stderr,
             &format!("that it checkpoints on platform {platform}"),
-            &bee(format!("bee: checkpointing {name} before the time slot of platform {platform} ")),
+            &starts(format!(
+                "bee: checkpointing {name} before the time slot of platform {platform} "
+            )),
         )?;
         let ready = lines[from..requested].iter().any(|l| {
             l.stream == Stream::Stdout
-                && (l.line.starts_with("ckpt-state: ready")
-                    || l.line.starts_with("ckpt-state: restored"))
+                && (l.line.starts_with(&format!("{APP_PREFIX}ready "))
+                    || l.line.starts_with(&format!("{APP_PREFIX}restored ")))
         });
         if !ready {
             bail!(
@@ -252,13 +254,13 @@ fn rounds(lines: &[Stamped], name: &str, checkpoints: u32) -> Result<Vec<Round>>
             requested,
             Stream::Stderr,
             &format!("that it saves checkpoint {next}"),
-            &bee(format!("bee: saving checkpoint {next} from platform {platform}")),
+            &starts(format!("bee: saving checkpoint {next} from platform {platform}")),
         )?;
         let restoring = find(
             saved,
             Stream::Stderr,
             &format!("that it restores checkpoint {next}"),
-            &bee(format!("bee: restoring checkpoint {next} on platform {next} ")),
+            &starts(format!("bee: restoring checkpoint {next} on platform {next} ")),
         )?;
         let filled = find(restoring, Stream::Stderr, "that it filled the next data image", &|l| {
             l.starts_with("bee: filling data image ") && l.contains(": done in ")
@@ -273,7 +275,7 @@ fn rounds(lines: &[Stamped], name: &str, checkpoints: u32) -> Result<Vec<Round>>
             running,
             Stream::Stdout,
             &format!("the application's line that it restored checkpoint {next}"),
-            &bee(format!("{APP_PREFIX}restored ")),
+            &starts(format!("{APP_PREFIX}restored ")),
         )?;
         let between = |a: usize, b: usize| (lines[b].at - lines[a].at).as_secs_f64();
         rounds.push(Round {
