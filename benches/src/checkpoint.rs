@@ -178,7 +178,7 @@ pub(crate) fn expected(quick: bool) -> (Duration, Duration) {
     if quick {
         (Duration::from_secs(110), Duration::from_secs(110))
     } else {
-        (Duration::from_secs(360), Duration::from_secs(420))
+        (Duration::from_secs(360), Duration::from_secs(480))
     }
 }
 
