@@ -12,6 +12,8 @@
 //!   guest, and in the guest itself, against the same run on the host.
 //! - `network --recommend FILE` ([`advisor`]): the application of a `bee.toml` timed under
 //!   each network mode, and the mode that suits it.
+//! - `checkpoint` ([`checkpoint`]): checkpoint, transfer and restore of an application's
+//!   state between two platforms, by data size, against a plain copy of the same bytes.
 //!
 //! [`run`] writes into one output directory `report.json` (schema:
 //! `benches/schema/report.schema.json`, [`results::SCHEMA`]), `summary.md`, and a PNG and
@@ -30,6 +32,7 @@
 
 pub mod advisor;
 mod bee;
+pub mod checkpoint;
 pub mod compute;
 pub mod deploy;
 pub mod machine;
@@ -61,6 +64,8 @@ pub enum Kind {
     Storage,
     /// STREAM and DGEMM in a container in a guest against the host.
     Compute,
+    /// Checkpoint, transfer and restore between two platforms against a plain copy.
+    Checkpoint,
 }
 
 impl Kind {
@@ -71,6 +76,7 @@ impl Kind {
             Kind::Network => "network",
             Kind::Storage => "storage",
             Kind::Compute => "compute",
+            Kind::Checkpoint => "checkpoint",
         }
     }
 }
@@ -171,6 +177,7 @@ pub fn run(options: &Options) -> Result<Outcome> {
         (None, Kind::Network) => network::run(&common)?,
         (None, Kind::Storage) => storage::run(&common)?,
         (None, Kind::Compute) => compute::run(&common)?,
+        (None, Kind::Checkpoint) => checkpoint::run(&common)?,
     };
     let took = clock.elapsed();
 
@@ -213,6 +220,7 @@ fn expected(kind: Kind, quick: bool, runs: u32) -> Duration {
         Kind::Network => network::expected(quick),
         Kind::Storage => storage::expected(quick),
         Kind::Compute => compute::expected(quick),
+        Kind::Checkpoint => checkpoint::expected(quick),
     };
     fixed + per_run * runs
 }
@@ -326,7 +334,9 @@ mod tests {
 
     #[test]
     fn full_runs_take_longer_than_quick_ones() {
-        for kind in [Kind::Deploy, Kind::Network, Kind::Storage, Kind::Compute] {
+        use clap::ValueEnum;
+        for kind in Kind::value_variants() {
+            let kind = *kind;
             assert!(expected(kind, true, 1) < expected(kind, false, FULL_RUNS), "{kind:?}");
         }
     }

@@ -148,12 +148,17 @@ pub(crate) fn figures(results: &Results) -> Vec<Figure> {
     let ratios: Vec<Bar> = results
         .comparisons
         .iter()
-        .filter(|c| c.reference.is_some() && c.x.is_none())
+        .filter(|c| c.reference.is_some())
         .filter_map(|c| {
             let ratio = results.ratio(c);
             let metric = results.metric(c.metric)?;
+            let at = match (c.x, metric.x_label) {
+                (Some(x), Some(x_label)) => format!(" at {x} {x_label}"),
+                (Some(x), None) => format!(" at {x}"),
+                (None, _) => String::new(),
+            };
             ratio.is_finite().then(|| Bar {
-                label: format!("{} {}", c.subject, metric.id.replace('_', " ")),
+                label: format!("{} {}{at}", c.subject, metric.id.replace('_', " ")),
                 value: ratio,
                 samples: Vec::new(),
                 reference: false,
@@ -383,6 +388,7 @@ fn draw_lines<DB: DrawingBackend>(
 mod tests {
     use super::*;
     use crate::results::tests::synthetic;
+    use crate::results::{Comparison, Series, Target};
 
     #[test]
     fn figures_show_each_metric_and_the_ratios() {
@@ -408,6 +414,31 @@ mod tests {
         assert_eq!(bars.len(), 1, "a ratio that is not a number is not drawn");
         assert_eq!(bars[0].label, "p2p-tree bandwidth");
         assert_eq!(bars[0].target, Some(0.5));
+    }
+
+    #[test]
+    fn ratios_over_a_parameter_name_their_x() {
+        let mut results = synthetic();
+        results.series.push(Series {
+            metric: "all_to_all",
+            subject: "reference".to_owned(),
+            x: Some(3.0),
+            samples: vec![3.0],
+        });
+        results.comparisons = vec![Comparison {
+            metric: "all_to_all",
+            subject: "p2p-tree".to_owned(),
+            x: Some(3.0),
+            reference: Some("reference".to_owned()),
+            target: Some(Target { on: TargetOn::Ratio, at_least: false, value: 1.5 }),
+        }];
+        let figures = figures(&results);
+        let ratios = figures.iter().find(|f| f.name == "ratios").unwrap();
+        let Chart::Bars { bars, parity: true } = &ratios.chart else { panic!() };
+        assert_eq!(bars.len(), 1);
+        assert_eq!(bars[0].label, "p2p-tree all to all at 3 nodes");
+        assert_eq!(bars[0].value, 3.0);
+        assert_eq!(bars[0].target, Some(1.5));
     }
 
     #[test]

@@ -153,6 +153,26 @@ fn bench_storage_quick_measures_virtio_9p_against_a_host_directory() {
 }
 
 #[test]
+fn bench_checkpoint_quick_times_one_checkpoint_against_a_plain_copy() {
+    let report = quick_bench("checkpoint");
+    assert_eq!(measured(&report, "ckpt_time"), ["plain copy", "bee"]);
+    assert_eq!(
+        measured(&report, "phases"),
+        ["checkpoint", "transfer", "restore", "deploy (excluded)"]
+    );
+    let comparisons = report["comparisons"].as_array().unwrap();
+    assert_eq!(comparisons.len(), 1);
+    let comparison = &comparisons[0];
+    assert_eq!(
+        (comparison["x"].as_f64(), comparison["reference"].as_str()),
+        (Some(64.0), Some("plain copy"))
+    );
+    assert_eq!(comparison["target"], serde_json::json!({"on": "ratio", "op": "<", "value": 1.5}));
+    assert!(comparison["met"].is_boolean(), "{comparison}");
+    assert_eq!(report["settings"]["hosts"], serde_json::json!(["local", "local"]));
+}
+
+#[test]
 fn bench_refuses_an_out_that_is_a_file_before_it_starts_anything() {
     let env = BeeEnv::new();
     let dir = tempfile::tempdir().unwrap();
@@ -197,7 +217,8 @@ fn bench_refuses_an_out_that_is_a_file_before_it_starts_anything() {
     );
     let output = env.bee(&["bench", "gpu"]);
     assert_eq!(output.status.code(), Some(2));
-    assert!(stderr(&output).contains("[possible values: deploy, network, storage, compute]"));
+    assert!(stderr(&output)
+        .contains("[possible values: deploy, network, storage, compute, checkpoint]"));
 }
 
 /// One `pattern=NAME ... seconds=S` line of examples/net-patterns' program: its name and
