@@ -4,7 +4,7 @@
 #
 #   scripts/setup.sh            bee and the guest image
 #   scripts/setup.sh --tests    also what the tests and benchmarks need (registry server,
-#                               skopeo, busybox; Slurm and munge; sshd and iproute2
+#                               skopeo, busybox; Slurm, munge and socat; sshd and iproute2
 #                               for the SSH host tests; fio, iperf3, ping and hpcc for
 #                               `bee bench`)
 set -euo pipefail
@@ -32,7 +32,7 @@ needs=(
 )
 if [ "$with_tests" = 1 ]; then
   needs+=(docker-registry:docker-registry skopeo:skopeo busybox:busybox-static)
-  needs+=(slurmctld:slurmctld slurmd:slurmd srun:slurm-client munged:munge)
+  needs+=(slurmctld:slurmctld slurmd:slurmd srun:slurm-client munged:munge socat:socat)
   needs+=(sshd:openssh-server ip:iproute2)
   needs+=(fio:fio iperf3:iperf3 ping:iputils-ping hpcc:hpcc mpirun:openmpi-bin)
 fi

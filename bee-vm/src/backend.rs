@@ -46,9 +46,17 @@ const TERM_WAIT: Duration = Duration::from_secs(10);
 const KILL_WAIT: Duration = Duration::from_secs(10);
 /// Kernel command line of every guest.
 pub const KERNEL_APPEND: &str = "root=/dev/vda rw console=ttyS0 net.ifnames=0 apparmor=0 quiet";
-/// The socket in a node's directory that the ssh session of a QEMU on another host
-/// forwards to that QEMU's QMP socket.
+/// The socket in a node's directory that reaches the QMP socket of a QEMU on another
+/// host: the ssh session that runs it forwards it, or for a Slurm step the relay does.
 pub const QMP_FORWARD: &str = "qmp-fwd.sock";
+/// What the record calls the relay process of a guest in a Slurm step
+/// ([`crate::slurm`]); the guest's node stops before it does.
+const QMP_RELAY: &str = "qmp relay";
+/// The relay's script and log, in the node's directory.
+const RELAY_SCRIPT: &str = "qmp-relay.sh";
+const RELAY_LOG: &str = "qmp-relay.log";
+/// How long the relay gets to listen on its socket.
+const RELAY_START: Duration = Duration::from_secs(10);
 /// Attempts at finding a free SSH port when another process takes the one picked.
 const PORT_ATTEMPTS: usize = 5;
 
@@ -222,7 +230,7 @@ impl Backend for VmBackend {
             nodes.push(node);
         }
         for name in &plan.node_names {
-            let qmp = store.dir().join(name).join("qmp.sock");
+            let qmp = monitor_of(store, name)?;
             checkpoint::resume(name, &qmp, &from.join(name).join(checkpoint::MEMORY_FILE)).await?;
         }
         Ok(nodes)
@@ -234,7 +242,7 @@ impl Backend for VmBackend {
             .resources
             .iter()
             .filter_map(|resource| match resource {
-                Resource::Process { node, what, pid, start_time, .. } => {
+                Resource::Process { node, what, pid, start_time, .. } if what != QMP_RELAY => {
                     Some(process_health(store.dir(), node, what, *pid, *start_time))
                 }
                 _ => None,
@@ -248,14 +256,21 @@ impl Backend for VmBackend {
         events: &dyn Events,
     ) -> Result<(), CoreError> {
         let resources = store.record().resources.clone();
-        let stops = resources.iter().filter_map(|resource| match resource {
-            Resource::Process { node, what, pid: Some(pid), start_time, qmp } => {
-                Some(stop_process(node, what, *pid, *start_time, qmp.as_deref(), events))
-            }
-            _ => None,
-        });
-        let results = futures_util::future::join_all(stops).await;
-        let mut first_error = results.into_iter().find_map(Result::err);
+        // Guests first, in parallel: a guest in a Slurm step is asked to power off
+        // through its relay, which stops after it.
+        let mut first_error = None;
+        for relays in [false, true] {
+            let stops = resources.iter().filter_map(|resource| match resource {
+                Resource::Process { node, what, pid: Some(pid), start_time, qmp }
+                    if (what == QMP_RELAY) == relays =>
+                {
+                    Some(stop_process(node, what, *pid, *start_time, qmp.as_deref(), events))
+                }
+                _ => None,
+            });
+            let results = futures_util::future::join_all(stops).await;
+            first_error = first_error.or(results.into_iter().find_map(Result::err));
+        }
         for resource in resources.iter().rev() {
             if let Resource::Path { path, .. } = resource {
                 if let Err(err) = remove_path(path) {
@@ -412,11 +427,15 @@ async fn launch(
     };
     let ssh_addr = spec.ssh_addr;
     let qmp = spec.qmp_socket.clone();
-    // QEMU on another host serves QMP there; its ssh session forwards it to a socket here.
+    // QEMU on another host serves QMP there; its ssh session, or a relay, forwards it to
+    // a socket here.
     let monitor = match place {
-        Place::Ssh(_) => dir.join(QMP_FORWARD),
-        _ => qmp.clone(),
+        Place::Local => qmp.clone(),
+        Place::Slurm(..) | Place::Ssh(_) => dir.join(QMP_FORWARD),
     };
+    if let Place::Slurm(allocation, node) = place {
+        start_qmp_relay(name, &dir, allocation, node, &qmp, store).await?;
+    }
     let mut last_error = None;
     for _ in 0..PORT_ATTEMPTS {
         let port = free_port()?;
@@ -437,14 +456,15 @@ async fn launch(
                 let mut srun = allocation.srun(node, &format!("bee-{name}"), &qemu::qemu_binary());
                 srun.args(spec.render().map_err(|e| backend_error(&e))?);
                 let there = format!("in a step on Slurm node {}", node.name);
-                spawn_foreground(name, &spec, srun, &monitor, &there).await
+                let relay_log = format!(" and {}", dir.join(RELAY_LOG).display());
+                spawn_foreground(name, &spec, srun, &monitor, &there, &relay_log).await
             }
             Place::Ssh(host) => {
                 let args = spec.render().map_err(|e| backend_error(&e))?;
                 let forward = (monitor.as_path(), qmp.as_path());
                 let ssh = ssh_hosts::run_there(host, &qemu::qemu_binary(), &args, forward);
                 let there = format!("on {}", host.destination);
-                spawn_foreground(name, &spec, ssh, &monitor, &there).await
+                spawn_foreground(name, &spec, ssh, &monitor, &there, "").await
             }
         };
         match spawned {
@@ -652,13 +672,14 @@ async fn spawn_qemu(node: &str, spec: &VmSpec) -> Result<u32, (CoreError, bool)>
 /// Starts `command` (`srun` or `ssh`, which runs QEMU elsewhere in its foreground) and
 /// returns its PID once QEMU answers on `monitor` (its QMP socket, or a forward of it),
 /// which it does only when every device and netdev is set up. The flag tells whether the
-/// SSH port was taken.
+/// SSH port was taken. `more_logs` ends the list of logs a time-out names.
 async fn spawn_foreground(
     name: &str,
     spec: &VmSpec,
     mut command: Command,
     monitor: &Path,
     there: &str,
+    more_logs: &str,
 ) -> Result<u32, (CoreError, bool)> {
     let program = command.as_std().get_program().to_string_lossy().into_owned();
     let failed = |detail: String| CoreError::Command { program: program.clone(), detail };
@@ -693,7 +714,7 @@ async fn spawn_foreground(
             let _ = kill(Pid::from_raw(pid as i32), Signal::SIGTERM);
             let _ = tokio::time::timeout(TERM_WAIT, child.wait()).await;
             let detail = format!(
-                "{name}: qemu {there} did not answer on {} within {}s; see {}",
+                "{name}: qemu {there} did not answer on {} within {}s; see {}{more_logs}",
                 monitor.display(),
                 STEP_START.as_secs(),
                 log_path.display()
@@ -702,6 +723,97 @@ async fn spawn_foreground(
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
+}
+
+/// The socket that reaches the QMP of node `name`'s QEMU, from the record.
+fn monitor_of(store: &RecordStore, name: &str) -> Result<PathBuf, CoreError> {
+    store
+        .record()
+        .resources
+        .iter()
+        .find_map(|resource| match resource {
+            Resource::Process { node, qmp: Some(qmp), .. } if node == name => Some(qmp.clone()),
+            _ => None,
+        })
+        .ok_or_else(|| backend_message(format!("{name}: the record names no qmp socket")))
+}
+
+/// Starts the relay through which bee reaches the QMP socket `qmp` of a guest in a step
+/// on Slurm node `node` ([`crate::slurm`]): a `socat` listening on [`QMP_FORWARD`] in the
+/// node's directory `dir`, recorded so that teardown stops it after the guest.
+async fn start_qmp_relay(
+    name: &str,
+    dir: &Path,
+    allocation: &Allocation,
+    node: &SlurmNode,
+    qmp: &Path,
+    store: &mut RecordStore,
+) -> Result<(), CoreError> {
+    let socket = qmp.file_name().and_then(|n| n.to_str()).unwrap_or("qmp.sock");
+    let script = dir.join(RELAY_SCRIPT);
+    let text = allocation.qmp_relay_script(node, &format!("bee-{name}-qmp"), dir, socket);
+    std::fs::write(&script, text).map_err(|e| CoreError::io("cannot write", &script, e))?;
+    set_executable(&script)?;
+    let log_path = dir.join(RELAY_LOG);
+    let log = std::fs::File::create(&log_path)
+        .map_err(|e| CoreError::io("cannot create", &log_path, e))?;
+    let log_err = log.try_clone().map_err(|e| CoreError::io("cannot open", &log_path, e))?;
+    let listen = dir.join(QMP_FORWARD);
+    let _ = std::fs::remove_file(&listen);
+    // Paths relative to the node's directory: socat's address syntax gives `:` and `,`
+    // meanings of their own.
+    let mut relay = Command::new(crate::slurm::RELAY_PROGRAM);
+    relay
+        .arg(format!("UNIX-LISTEN:{QMP_FORWARD},fork,umask=0077"))
+        .arg(format!("EXEC:./{RELAY_SCRIPT}"))
+        .current_dir(dir)
+        .stdin(Stdio::null())
+        .stdout(log)
+        .stderr(log_err)
+        .process_group(0);
+    let mut child = relay.spawn().map_err(|e| {
+        let hint = match e.kind() {
+            std::io::ErrorKind::NotFound => format!("; {}", crate::slurm::relay_missing()),
+            _ => String::new(),
+        };
+        backend_message(format!("{name}: cannot start the qmp relay ({e}){hint}"))
+    })?;
+    let pid = child.id().unwrap_or_default();
+    store.update(|r| {
+        r.resources.push(Resource::Process {
+            node: name.into(),
+            what: QMP_RELAY.into(),
+            pid: Some(pid),
+            start_time: process_start_time(pid),
+            qmp: None,
+        })
+    })?;
+    let deadline = Instant::now() + RELAY_START;
+    while !listen.exists() {
+        if let Ok(Some(status)) = child.try_wait() {
+            let text = std::fs::read_to_string(&log_path).unwrap_or_default();
+            return Err(backend_message(format!(
+                "{name}: the qmp relay exited ({status}): {}",
+                bee_core::ssh::tail(&text, 5)
+            )));
+        }
+        if Instant::now() >= deadline {
+            return Err(backend_message(format!(
+                "{name}: the qmp relay did not listen on {} within {}s; see {}",
+                listen.display(),
+                RELAY_START.as_secs(),
+                log_path.display()
+            )));
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    Ok(())
+}
+
+fn set_executable(path: &Path) -> Result<(), CoreError> {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o755))
+        .map_err(|e| CoreError::io("cannot make executable", path, e))
 }
 
 fn free_port() -> Result<u16, CoreError> {

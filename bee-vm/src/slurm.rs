@@ -6,6 +6,14 @@
 //! Slurm accounts for it, signals it, and ends it with the allocation. The `srun`
 //! process runs on the host that runs bee and is what bee records and watches: it exits
 //! when QEMU does, and a SIGTERM to it makes Slurm stop the QEMU on its node.
+//!
+//! QEMU's QMP socket is a Unix socket on the guest's node, which a connection from the
+//! node that runs bee cannot reach, even when the cluster directory is on a file system
+//! both see. So each guest has a relay on bee's host: `socat` listens on a socket in the
+//! node's directory and, for each connection, runs [`Allocation::qmp_relay_script`],
+//! which joins the allocation with a short `srun` step on the guest's node whose `socat`
+//! connects to QEMU's socket there. bee and the Python module talk to the relay's socket
+//! as to a local QEMU's. Both bee's host and the nodes need `socat`.
 
 use std::net::{IpAddr, Ipv4Addr, ToSocketAddrs};
 use std::path::Path;
@@ -38,22 +46,37 @@ pub struct Allocation {
     pub nodes: Vec<SlurmNode>,
 }
 
-/// Why there is no allocation to run in, or `None` when the variables are set; cheap
-/// (reads the environment only), for choosing among platforms.
+/// The program that relays QMP connections to the guests' nodes.
+pub const RELAY_PROGRAM: &str = "socat";
+
+/// Why there is no allocation to run in (or no relay program to reach its guests with),
+/// or `None` when bee can start guests there; cheap (reads the environment and looks
+/// for a file only), for choosing among platforms.
 pub fn unavailable() -> Option<String> {
     let missing: Vec<&str> = [JOB_ID_VAR, NODE_LIST_VAR]
         .into_iter()
         .filter(|var| std::env::var_os(var).is_none_or(|v| v.is_empty()))
         .collect();
-    match missing.is_empty() {
-        true => None,
-        false => Some(format!(
+    if !missing.is_empty() {
+        return Some(format!(
             "hosts = \"slurm\" needs a Slurm allocation, and {} {} not set: run bee inside \
              `salloc` or an `sbatch` script",
             missing.join(" and "),
             if missing.len() == 1 { "is" } else { "are" }
-        )),
+        ));
     }
+    match crate::image::which(RELAY_PROGRAM) {
+        Some(_) => None,
+        None => Some(relay_missing()),
+    }
+}
+
+/// What to do when the relay program is not installed here.
+pub fn relay_missing() -> String {
+    format!(
+        "hosts = \"slurm\" reaches each guest's QMP socket through {RELAY_PROGRAM}, which is \
+         not on PATH: install it (Debian's socat) here and on the allocation's nodes"
+    )
 }
 
 impl Allocation {
@@ -95,6 +118,29 @@ impl Allocation {
             .arg("--")
             .arg(program);
         command
+    }
+
+    /// The shell script that bee's QMP relay runs for each connection to the socket of
+    /// the guest in `dir` (on a file system `node` sees under the same path): a job step
+    /// on `node` whose `socat` joins its standard input and output to `socket` there.
+    pub fn qmp_relay_script(
+        &self,
+        node: &SlurmNode,
+        step_name: &str,
+        dir: &Path,
+        socket: &str,
+    ) -> String {
+        let quote = |word: &str| crate::ssh_hosts::quote(word);
+        format!(
+            "#!/bin/sh\n# Written by bee: one QMP connection to the guest on Slurm node {node}.\n\
+             exec srun --jobid={job} --nodelist={node} --nodes=1 --ntasks=1 --overlap --quiet \
+             --unbuffered --job-name={step} --chdir={dir} -- {RELAY_PROGRAM} STDIO {target}\n",
+            node = quote(&node.name),
+            job = quote(&self.job_id),
+            step = quote(step_name),
+            dir = quote(&dir.to_string_lossy()),
+            target = quote(&format!("UNIX-CONNECT:{socket}")),
+        )
     }
 }
 
@@ -182,5 +228,20 @@ mod tests {
                 "/usr/bin/qemu"
             ]
         );
+    }
+
+    #[test]
+    fn the_qmp_relay_joins_a_step_on_the_guests_node() {
+        let node = SlurmNode { name: "cn-2".into(), addr: Ipv4Addr::new(10, 0, 0, 2) };
+        let allocation = Allocation { job_id: "41".into(), nodes: vec![node.clone()] };
+        let script =
+            allocation.qmp_relay_script(&node, "bee-x-1-qmp", Path::new("/st/my x/x-1"), "qmp.sock");
+        assert_eq!(
+            script.lines().last().unwrap(),
+            "exec srun --jobid=41 --nodelist=cn-2 --nodes=1 --ntasks=1 --overlap --quiet \
+             --unbuffered --job-name=bee-x-1-qmp --chdir='/st/my x/x-1' -- socat STDIO \
+             UNIX-CONNECT:qmp.sock"
+        );
+        assert!(script.starts_with("#!/bin/sh\n"), "{script}");
     }
 }

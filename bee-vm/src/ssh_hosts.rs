@@ -133,7 +133,7 @@ pub fn run_there(
 }
 
 /// Quotes `word` for a POSIX shell.
-fn quote(word: &str) -> String {
+pub(crate) fn quote(word: &str) -> String {
     let plain = |c: char| c.is_ascii_alphanumeric() || "-_./=:,@+%".contains(c);
     if !word.is_empty() && word.chars().all(plain) {
         return word.to_string();
