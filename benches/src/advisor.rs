@@ -155,9 +155,8 @@ fn cluster_of(config: &Config) -> Config {
     cluster
 }
 
-/// Runs the advisor on the applications of `files`.
-pub(crate) fn run(common: &Common, files: &[PathBuf]) -> Result<Results> {
-    let advised = load_all(files)?;
+/// Runs the advisor on the applications [`load_all`] checked.
+pub(crate) fn run(common: &Common, advised: &[Advised]) -> Result<Results> {
     let Some(first) = advised.first() else { bail!("--recommend needs a bee.toml") };
     let config = &first.config;
     let tools = Tools::locate(common.bee.clone())?;
@@ -183,7 +182,7 @@ pub(crate) fn run(common: &Common, files: &[PathBuf]) -> Result<Results> {
     let mut measured: Vec<Vec<(NetworkMode, Vec<f64>)>> = vec![Vec::new(); advised.len()];
     for &mode in &modes {
         let state = BeeState::new(&tools)?;
-        let times = runtime.block_on(measure(&advised, mode, common.runs, &state, &logs))?;
+        let times = runtime.block_on(measure(advised, mode, common.runs, &state, &logs))?;
         for (app, times) in measured.iter_mut().zip(times) {
             app.push((mode, times));
         }
@@ -198,7 +197,7 @@ pub(crate) fn run(common: &Common, files: &[PathBuf]) -> Result<Results> {
     for pick in &picks {
         progress(&format!("recommended for {}: {}", pick.file, pick.reason));
     }
-    Ok(results(&advised, accel, common, &measured, picks))
+    Ok(results(advised, accel, common, &measured, picks))
 }
 
 /// Short cluster names, so that the SSH sockets' paths stay short (see `BeeState`).
