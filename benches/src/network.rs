@@ -476,11 +476,7 @@ fn measure(
     let label = if setup.nodes == REFERENCE_NODES { format!("reference {label}") } else { label };
     let state = BeeState::new(tools)?;
     progress(&format!("{label}: cluster {} in {}", setup.name, state.path().display()));
-    let up = || {
-        let start = Instant::now();
-        Ok((Cluster::up(tools, accel, state, &setup.name, &setup.config())?, start.elapsed()))
-    };
-    let (cluster, _) = step(&format!("bee up {}", setup.name), up, |(_, took)| secs(took))?;
+    let cluster = Cluster::up_step(tools, accel, state, &setup.name, &setup.config())?;
     step("starting iperf3 servers", || start_servers(&cluster, setup), |_| "done".to_owned())?;
     let (from, to) = setup.pair;
     let first_ping = || first_ping(&cluster, from, to);
@@ -501,7 +497,7 @@ fn measure(
         }
     }
 
-    step(&format!("bee down {}", setup.name), || cluster.down(), |_| "done".to_owned())?;
+    cluster.down_step()?;
     Ok(samples)
 }
 
