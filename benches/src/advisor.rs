@@ -37,7 +37,7 @@ use serde_json::json;
 
 use crate::bee::{choose_accel, BeeState, Tools};
 use crate::results::{Better, Comparison, Metric, Recommendation, Results, Series};
-use crate::text::{fixed, median_of, progress, step, Align, Table};
+use crate::text::{fixed, heading, median_of, progress, step, Align, Table};
 use crate::{Common, Kind};
 
 /// The medians of the recommended mode and the runner-up must differ by this fraction of
@@ -443,12 +443,8 @@ fn results(
             config.nodes
         ));
     }
-    let mut table = format!(
-        "network-mode advisor (accelerator: {}, runs: {}, {} nodes)\n",
-        accel.as_str(),
-        common.runs,
-        config.nodes
-    );
+    let nodes = format!("{} nodes", config.nodes);
+    let mut table = heading("network-mode advisor", accel, common.runs, &[&nodes]);
     for ((a, by_mode), pick) in advised.iter().zip(measured).zip(&picks) {
         table += &format!("\n{}\n", a.file.display());
         table += &mode_table(by_mode, pick);

@@ -33,7 +33,7 @@ use crate::bee::{
     COMMAND_DEADLINE, POLL,
 };
 use crate::results::{Better, Comparison, Metric, Results, Series, Target, TargetOn};
-use crate::text::{fixed, progress, step, verdict, Align, Table};
+use crate::text::{fixed, heading, progress, step, verdict, Align, Table};
 use crate::{Common, Kind};
 
 /// The cluster's name.
@@ -333,12 +333,8 @@ fn results(accel: Accel, common: &Common, settings: Settings, samples: &[Vec<Fig
 
 /// The human-readable table of compute results.
 fn table(results: &Results) -> String {
-    let mut out = format!(
-        "compute benchmark (accelerator: {}, runs: {}, {})\n",
-        results.accel.as_str(),
-        results.runs,
-        results.metrics[0].title
-    );
+    let problem = [results.metrics[0].title.as_str()];
+    let mut out = heading("compute benchmark", results.accel, results.runs, &problem);
     let mut table = Table::new(&[
         ("place", Align::Left),
         ("triad GB/s", Align::Right),
@@ -431,6 +427,13 @@ mod tests {
         let common = Common { bee: None, runs: 1, quick: true, out: std::path::PathBuf::new() };
         let results = results(Accel::Tcg, &common, Settings::new(true), &samples);
         assert_eq!(results.comparisons.len(), 4);
+        assert_eq!(
+            results.table.lines().next(),
+            Some(
+                "compute benchmark (accelerator: tcg, runs: 1, STREAM triad per process \
+                 (hpcc, N=1000))"
+            )
+        );
         let met: Vec<Option<bool>> = results.comparisons.iter().map(|c| results.met(c)).collect();
         assert_eq!(met, [Some(true), Some(true), Some(false), Some(false)]);
         assert!(

@@ -56,7 +56,7 @@ use crate::bee::{
     Tracked, COMMAND_DEADLINE,
 };
 use crate::results::{Better, Comparison, Metric, Results, Series, Target, TargetOn};
-use crate::text::{fixed, median_of, progress, secs, step, verdict, Align, Table};
+use crate::text::{fixed, heading, median_of, progress, secs, step, verdict, Align, Table};
 use crate::{Common, Kind};
 
 /// The modes measured, in report order.
@@ -652,12 +652,8 @@ impl Report {
     /// The human-readable table.
     fn table(&self) -> String {
         let settings = &self.settings;
-        let quick = if settings.quick { ", quick" } else { "" };
-        let mut out = format!(
-            "network benchmark (accelerator: {}, runs: {}{quick})\n",
-            self.accel.as_str(),
-            self.runs
-        );
+        let quick: &[&str] = if settings.quick { &["quick"] } else { &[] };
+        let mut out = heading("network benchmark", self.accel, self.runs, quick);
         let mut columns = vec![("path", Align::Left), ("hops", Align::Right)];
         columns.extend([("Mbit/s", Align::Right), ("x ref", Align::Right)]);
         columns.extend([("rtt ms", Align::Right), ("x ref", Align::Right)]);

@@ -49,7 +49,7 @@ use serde_json::{json, Value};
 
 use crate::bee::{choose_accel, require_host_tool, BeeState, Cluster, Tools};
 use crate::results::{Better, Comparison, Metric, Results, Series, Target, TargetOn};
-use crate::text::{fixed, median_of, progress, step, verdict, Align, Table};
+use crate::text::{fixed, heading, median_of, progress, step, verdict, Align, Table};
 use crate::{Common, Kind};
 
 /// The modes measured, in report order.
@@ -398,13 +398,9 @@ impl Report {
 
     /// The human-readable table.
     fn table(&self) -> String {
-        let mut out = format!(
-            "storage benchmark (accelerator: {}, runs: {}, files of {} MiB, guests with {})\n",
-            self.accel.as_str(),
-            self.runs,
-            self.size_mib,
-            GUEST_MEMORY
-        );
+        let size = format!("files of {} MiB", self.size_mib);
+        let memory = format!("guests with {GUEST_MEMORY}");
+        let mut out = heading("storage benchmark", self.accel, self.runs, &[&size, &memory]);
         let mut table = Table::new(&[
             ("storage", Align::Left),
             ("write MiB/s", Align::Right),
