@@ -46,6 +46,35 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Commands {
+    // Flattened: its commands are listed first, as `bee image`, `bee up` and so on.
+    #[command(flatten)]
+    Runtime(RuntimeCommand),
+    /// Measure bee against references run on this host in the same invocation, and write
+    /// report.json, summary.md and plots.
+    Bench {
+        /// What to measure.
+        kind: bee_benches::Kind,
+        /// The reduced set, in a few minutes.
+        #[arg(long)]
+        quick: bool,
+        /// Runs of each measurement (default: 1 with --quick, else 3).
+        #[arg(long, value_parser = clap::value_parser!(u32).range(1..=100))]
+        runs: Option<u32>,
+        /// The output directory (default: ./bee-bench-KIND-TIMESTAMP).
+        #[arg(long, value_name = "DIR")]
+        out: Option<PathBuf>,
+        /// With `network`: time this bee.toml's application under each network mode and
+        /// recommend the one that suits it. Repeat it for applications of the same cluster
+        /// and image, which then share one cluster per mode.
+        #[arg(long, value_name = "FILE")]
+        recommend: Vec<PathBuf>,
+    },
+}
+
+/// The commands that run on bee's async runtime. `bee bench` is not one of them: the
+/// benchmarks drive `bee` as child processes and start runtimes of their own.
+#[derive(Debug, Subcommand)]
+enum RuntimeCommand {
     /// Build or inspect the guest image.
     Image {
         #[command(subcommand)]
@@ -93,26 +122,6 @@ enum Commands {
         /// The cluster name.
         cluster: String,
     },
-    /// Measure bee against references run on this host in the same invocation, and write
-    /// report.json, summary.md and plots.
-    Bench {
-        /// What to measure.
-        kind: bee_benches::Kind,
-        /// The reduced set, in a few minutes.
-        #[arg(long)]
-        quick: bool,
-        /// Runs of each measurement (default: 1 with --quick, else 3).
-        #[arg(long, value_parser = clap::value_parser!(u32).range(1..=100))]
-        runs: Option<u32>,
-        /// The output directory (default: ./bee-bench-KIND-TIMESTAMP).
-        #[arg(long, value_name = "DIR")]
-        out: Option<PathBuf>,
-        /// With `network`: time this bee.toml's application under each network mode and
-        /// recommend the one that suits it. Repeat it for applications of the same cluster
-        /// and image, which then share one cluster per mode.
-        #[arg(long, value_name = "FILE")]
-        recommend: Vec<PathBuf>,
-    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -130,10 +139,12 @@ enum ImageCommand {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     init_logging(cli.verbose);
-    // The benchmarks drive `bee` as child processes and start their own runtimes.
-    if let Commands::Bench { kind, quick, runs, out, recommend } = cli.command {
-        return bench(bee_benches::Options { kind, quick, runs, out, recommend, bee: None });
-    }
+    let command = match cli.command {
+        Commands::Runtime(command) => command,
+        Commands::Bench { kind, quick, runs, out, recommend } => {
+            return bench(bee_benches::Options { kind, quick, runs, out, recommend, bee: None });
+        }
+    };
     let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(runtime) => runtime,
         Err(err) => {
@@ -141,8 +152,8 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    let is_run = matches!(cli.command, Commands::Run { .. } | Commands::Resume { .. });
-    match runtime.block_on(dispatch(cli.command)) {
+    let is_run = matches!(command, RuntimeCommand::Run { .. } | RuntimeCommand::Resume { .. });
+    match runtime.block_on(dispatch(command)) {
         Ok(code) => code,
         Err(err) => {
             eprintln!("bee: error: {}", format_chain(&err));
@@ -183,18 +194,19 @@ fn format_chain(err: &anyhow::Error) -> String {
     text
 }
 
-async fn dispatch(command: Commands) -> Result<ExitCode> {
+async fn dispatch(command: RuntimeCommand) -> Result<ExitCode> {
     match command {
-        Commands::Image { command: ImageCommand::Build { force } } => image_build(force).await,
-        Commands::Image { command: ImageCommand::Show } => image_show(),
-        Commands::Up { config } => up(&config).await,
-        Commands::Run { config } => run(&config).await,
-        Commands::Resume { run } => resume(&run).await,
-        Commands::Discard { run } => discard(&run).await,
-        Commands::Status { json } => status(json).await,
-        Commands::Ssh { cluster, node, command } => ssh(&cluster, node.as_deref(), &command),
-        Commands::Down { cluster } => down(&cluster).await,
-        Commands::Bench { .. } => unreachable!("bee bench runs before the runtime starts"),
+        RuntimeCommand::Image { command: ImageCommand::Build { force } } => {
+            image_build(force).await
+        }
+        RuntimeCommand::Image { command: ImageCommand::Show } => image_show(),
+        RuntimeCommand::Up { config } => up(&config).await,
+        RuntimeCommand::Run { config } => run(&config).await,
+        RuntimeCommand::Resume { run } => resume(&run).await,
+        RuntimeCommand::Discard { run } => discard(&run).await,
+        RuntimeCommand::Status { json } => status(json).await,
+        RuntimeCommand::Ssh { cluster, node, command } => ssh(&cluster, node.as_deref(), &command),
+        RuntimeCommand::Down { cluster } => down(&cluster).await,
     }
 }
 

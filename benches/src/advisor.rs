@@ -37,7 +37,7 @@ use serde_json::json;
 
 use crate::bee::{choose_accel, BeeState, Tools};
 use crate::results::{Better, Comparison, Metric, Recommendation, Results, Series};
-use crate::text::{fixed, median_of, progress, step, Align, Table};
+use crate::text::{fixed, heading, median_of, progress, step, Align, Table};
 use crate::{Common, Kind};
 
 /// The medians of the recommended mode and the runner-up must differ by this fraction of
@@ -155,9 +155,8 @@ fn cluster_of(config: &Config) -> Config {
     cluster
 }
 
-/// Runs the advisor on the applications of `files`.
-pub(crate) fn run(common: &Common, files: &[PathBuf]) -> Result<Results> {
-    let advised = load_all(files)?;
+/// Runs the advisor on the applications [`load_all`] checked.
+pub(crate) fn run(common: &Common, advised: &[Advised]) -> Result<Results> {
     let Some(first) = advised.first() else { bail!("--recommend needs a bee.toml") };
     let config = &first.config;
     let tools = Tools::locate(common.bee.clone())?;
@@ -183,7 +182,7 @@ pub(crate) fn run(common: &Common, files: &[PathBuf]) -> Result<Results> {
     let mut measured: Vec<Vec<(NetworkMode, Vec<f64>)>> = vec![Vec::new(); advised.len()];
     for &mode in &modes {
         let state = BeeState::new(&tools)?;
-        let times = runtime.block_on(measure(&advised, mode, common.runs, &state, &logs))?;
+        let times = runtime.block_on(measure(advised, mode, common.runs, &state, &logs))?;
         for (app, times) in measured.iter_mut().zip(times) {
             app.push((mode, times));
         }
@@ -198,7 +197,7 @@ pub(crate) fn run(common: &Common, files: &[PathBuf]) -> Result<Results> {
     for pick in &picks {
         progress(&format!("recommended for {}: {}", pick.file, pick.reason));
     }
-    Ok(results(&advised, accel, common, &measured, picks))
+    Ok(results(advised, accel, common, &measured, picks))
 }
 
 /// Short cluster names, so that the SSH sockets' paths stay short (see `BeeState`).
@@ -444,12 +443,8 @@ fn results(
             config.nodes
         ));
     }
-    let mut table = format!(
-        "network-mode advisor (accelerator: {}, runs: {}, {} nodes)\n",
-        accel.as_str(),
-        common.runs,
-        config.nodes
-    );
+    let nodes = format!("{} nodes", config.nodes);
+    let mut table = heading("network-mode advisor", accel, common.runs, &[&nodes]);
     for ((a, by_mode), pick) in advised.iter().zip(measured).zip(&picks) {
         table += &format!("\n{}\n", a.file.display());
         table += &mode_table(by_mode, pick);

@@ -26,6 +26,8 @@ use nix::unistd::Pid;
 use tempfile::TempDir;
 use tokio::signal::unix::{signal, SignalKind};
 
+use crate::text::{secs, step};
+
 /// How long a guest may take to answer SSH, or `bee up` to finish, before the benchmark
 /// gives up. TCG on a busy host boots four guests in about three minutes; this is far
 /// beyond.
@@ -328,6 +330,22 @@ impl<'t> Cluster<'t> {
         Ok(cluster)
     }
 
+    /// [`Cluster::up`] as a step of the progress, which shows how long `bee up` took.
+    pub(crate) fn up_step(
+        tools: &'t Tools,
+        accel: Accel,
+        state: BeeState,
+        name: &str,
+        config: &str,
+    ) -> Result<Cluster<'t>> {
+        let up = || {
+            let start = Instant::now();
+            Ok((Cluster::up(tools, accel, state, name, config)?, start.elapsed()))
+        };
+        let (cluster, _) = step(&format!("bee up {name}"), up, |(_, took)| secs(took))?;
+        Ok(cluster)
+    }
+
     /// The cluster's directory on the host, which holds its storage's backing files.
     pub(crate) fn dir(&self) -> PathBuf {
         self.state.path().join(CLUSTERS).join(&self.name)
@@ -385,6 +403,11 @@ impl<'t> Cluster<'t> {
         let stdout = child.stdout.take();
         let tracked = Tracked::new(&child);
         Ok(Remote { child: Some(child), _tracked: tracked, stdin, stdout, stderr: err_path })
+    }
+
+    /// [`Cluster::down`] as a step of the progress.
+    pub(crate) fn down_step(self) -> Result<()> {
+        step(&format!("bee down {}", self.name), || self.down(), |_| "done".to_owned())
     }
 
     /// Runs `bee down`, failing with bee's stderr when it fails.

@@ -71,7 +71,7 @@ use serde_json::json;
 use crate::bee::{choose_accel, tail, wait_with_deadline, BeeState, Tools, POLL};
 use crate::results::{Better, Comparison, Metric, Results, Series, Target, TargetOn};
 use crate::storage::ROOM_FILE;
-use crate::text::{fixed, median_of, progress, step, verdict, Align, Table};
+use crate::text::{fixed, heading, median_of, progress, step, verdict, Align, Table};
 use crate::{Common, Kind};
 
 /// The data sizes of the full set, in MiB.
@@ -513,12 +513,8 @@ fn medians(sized: &Sized) -> Round {
 impl Report {
     /// The human-readable table.
     fn table(&self) -> String {
-        let mut out = format!(
-            "checkpoint benchmark (accelerator: {}, runs: {}, one node, data-image-nfs, hosts \
-             \"local\")\n",
-            self.accel.as_str(),
-            self.runs
-        );
+        let setup = ["one node", "data-image-nfs", "hosts \"local\""];
+        let mut out = heading("checkpoint benchmark", self.accel, self.runs, &setup);
         let mut table = Table::new(&[
             ("MiB", Align::Right),
             ("checkpoint s", Align::Right),

@@ -21,7 +21,7 @@
 
 use std::fs;
 use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
 use bee_core::docker::{BASE_IMAGE, BASE_TARBALL};
@@ -33,7 +33,7 @@ use crate::bee::{
     COMMAND_DEADLINE, POLL,
 };
 use crate::results::{Better, Comparison, Metric, Results, Series, Target, TargetOn};
-use crate::text::{fixed, progress, secs, step, verdict, Align, Table};
+use crate::text::{fixed, heading, progress, step, verdict, Align, Table};
 use crate::{Common, Kind};
 
 /// The cluster's name.
@@ -240,11 +240,7 @@ pub(crate) fn run(common: &Common) -> Result<Results> {
         "[cluster]\nname = \"{CLUSTER}\"\nnodes = 1\n\n[hardware]\ncpus = {}\nmemory = \"{GUEST_MEMORY}\"\n",
         settings.cpus
     );
-    let up = || {
-        let start = Instant::now();
-        Ok((Cluster::up(&tools, accel, state, CLUSTER, &config)?, start.elapsed()))
-    };
-    let (cluster, _) = step(&format!("bee up {CLUSTER}"), up, |(_, took)| secs(took))?;
+    let cluster = Cluster::up_step(&tools, accel, state, CLUSTER, &config)?;
 
     let mut samples: Vec<Vec<Figures>> = vec![Vec::new(); PLACES.len()];
     for run in 1..=common.runs {
@@ -258,7 +254,7 @@ pub(crate) fn run(common: &Common) -> Result<Results> {
             samples.push(step(&what, measure, figures_text)?);
         }
     }
-    step(&format!("bee down {CLUSTER}"), || cluster.down(), |_| "done".to_owned())?;
+    cluster.down_step()?;
     Ok(results(accel, common, settings, &samples))
 }
 
@@ -337,12 +333,8 @@ fn results(accel: Accel, common: &Common, settings: Settings, samples: &[Vec<Fig
 
 /// The human-readable table of compute results.
 fn table(results: &Results) -> String {
-    let mut out = format!(
-        "compute benchmark (accelerator: {}, runs: {}, {})\n",
-        results.accel.as_str(),
-        results.runs,
-        results.metrics[0].title
-    );
+    let problem = [results.metrics[0].title.as_str()];
+    let mut out = heading("compute benchmark", results.accel, results.runs, &problem);
     let mut table = Table::new(&[
         ("place", Align::Left),
         ("triad GB/s", Align::Right),
@@ -435,6 +427,13 @@ mod tests {
         let common = Common { bee: None, runs: 1, quick: true, out: std::path::PathBuf::new() };
         let results = results(Accel::Tcg, &common, Settings::new(true), &samples);
         assert_eq!(results.comparisons.len(), 4);
+        assert_eq!(
+            results.table.lines().next(),
+            Some(
+                "compute benchmark (accelerator: tcg, runs: 1, STREAM triad per process \
+                 (hpcc, N=1000))"
+            )
+        );
         let met: Vec<Option<bool>> = results.comparisons.iter().map(|c| results.met(c)).collect();
         assert_eq!(met, [Some(true), Some(true), Some(false), Some(false)]);
         assert!(

@@ -36,7 +36,7 @@ use crate::bee::{
     Tools, Tracked, DEADLINE,
 };
 use crate::results::{Better, Comparison, Metric, Results, Series, Target, TargetOn};
-use crate::text::{median, mib, progress, row, secs, step, verdict};
+use crate::text::{heading, median, mib, progress, row, secs, step, verdict};
 use crate::{Common, Kind};
 
 /// Target for bee-up time over plain-QEMU boot time.
@@ -359,11 +359,7 @@ impl Report {
     /// The human-readable table.
     fn table(&self) -> String {
         let of = if self.runs > 1 { " (median)" } else { "" };
-        let mut out = format!(
-            "deploy benchmark (accelerator: {}, runs: {})\n",
-            self.accel.as_str(),
-            self.runs
-        );
+        let mut out = heading("deploy benchmark", self.accel, self.runs, &[]);
         let reference = median(&self.samples.reference);
         out += &row(&format!("plain qemu boot to ssh{of}"), &secs(&reference), "");
         let bee_up = median(&self.samples.bee_up);

@@ -172,7 +172,7 @@ pub fn run(options: &Options) -> Result<Outcome> {
 
     let clock = Instant::now();
     let results = match (advise, options.kind) {
-        (Some(_), _) => advisor::run(&common, &options.recommend)?,
+        (Some(advised), _) => advisor::run(&common, &advised)?,
         (None, Kind::Deploy) => deploy::run(&common)?,
         (None, Kind::Network) => network::run(&common)?,
         (None, Kind::Storage) => storage::run(&common)?,

@@ -56,7 +56,7 @@ use crate::bee::{
     Tracked, COMMAND_DEADLINE,
 };
 use crate::results::{Better, Comparison, Metric, Results, Series, Target, TargetOn};
-use crate::text::{fixed, median_of, progress, secs, step, verdict, Align, Table};
+use crate::text::{fixed, heading, median_of, progress, secs, step, verdict, Align, Table};
 use crate::{Common, Kind};
 
 /// The modes measured, in report order.
@@ -476,11 +476,7 @@ fn measure(
     let label = if setup.nodes == REFERENCE_NODES { format!("reference {label}") } else { label };
     let state = BeeState::new(tools)?;
     progress(&format!("{label}: cluster {} in {}", setup.name, state.path().display()));
-    let up = || {
-        let start = Instant::now();
-        Ok((Cluster::up(tools, accel, state, &setup.name, &setup.config())?, start.elapsed()))
-    };
-    let (cluster, _) = step(&format!("bee up {}", setup.name), up, |(_, took)| secs(took))?;
+    let cluster = Cluster::up_step(tools, accel, state, &setup.name, &setup.config())?;
     step("starting iperf3 servers", || start_servers(&cluster, setup), |_| "done".to_owned())?;
     let (from, to) = setup.pair;
     let first_ping = || first_ping(&cluster, from, to);
@@ -501,7 +497,7 @@ fn measure(
         }
     }
 
-    step(&format!("bee down {}", setup.name), || cluster.down(), |_| "done".to_owned())?;
+    cluster.down_step()?;
     Ok(samples)
 }
 
@@ -656,12 +652,8 @@ impl Report {
     /// The human-readable table.
     fn table(&self) -> String {
         let settings = &self.settings;
-        let quick = if settings.quick { ", quick" } else { "" };
-        let mut out = format!(
-            "network benchmark (accelerator: {}, runs: {}{quick})\n",
-            self.accel.as_str(),
-            self.runs
-        );
+        let quick: &[&str] = if settings.quick { &["quick"] } else { &[] };
+        let mut out = heading("network benchmark", self.accel, self.runs, quick);
         let mut columns = vec![("path", Align::Left), ("hops", Align::Right)];
         columns.extend([("Mbit/s", Align::Right), ("x ref", Align::Right)]);
         columns.extend([("rtt ms", Align::Right), ("x ref", Align::Right)]);

@@ -37,7 +37,7 @@
 use std::fs::{self, File};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
 use bee_core::config::StorageMode;
@@ -49,7 +49,7 @@ use serde_json::{json, Value};
 
 use crate::bee::{choose_accel, require_host_tool, BeeState, Cluster, Tools};
 use crate::results::{Better, Comparison, Metric, Results, Series, Target, TargetOn};
-use crate::text::{fixed, median_of, progress, secs, step, verdict, Align, Table};
+use crate::text::{fixed, heading, median_of, progress, step, verdict, Align, Table};
 use crate::{Common, Kind};
 
 /// The modes measured, in report order.
@@ -258,11 +258,7 @@ fn measure(
     fs::create_dir(&native_dir)
         .with_context(|| format!("cannot create {}", native_dir.display()))?;
     progress(&format!("{}: cluster {name} in {}", mode.name(), state.path().display()));
-    let up = || {
-        let start = Instant::now();
-        Ok((Cluster::up(tools, accel, state, name, &config(name, mode))?, start.elapsed()))
-    };
-    let (cluster, _) = step(&format!("bee up {name}"), up, |(_, took)| secs(took))?;
+    let cluster = Cluster::up_step(tools, accel, state, name, &config(name, mode))?;
 
     let shared = |file: &str| format!("{SHARED_DIR}/{file}");
     let what = format!("node {WRITER} writes {size_mib} MiB to read later");
@@ -291,7 +287,7 @@ fn measure(
         samples.read_mib_s.push(step(&what, read, mib_s_text)?);
     }
 
-    step(&format!("bee down {name}"), || cluster.down(), |_| "done".to_owned())?;
+    cluster.down_step()?;
     Ok(samples)
 }
 
@@ -402,13 +398,9 @@ impl Report {
 
     /// The human-readable table.
     fn table(&self) -> String {
-        let mut out = format!(
-            "storage benchmark (accelerator: {}, runs: {}, files of {} MiB, guests with {})\n",
-            self.accel.as_str(),
-            self.runs,
-            self.size_mib,
-            GUEST_MEMORY
-        );
+        let size = format!("files of {} MiB", self.size_mib);
+        let memory = format!("guests with {GUEST_MEMORY}");
+        let mut out = heading("storage benchmark", self.accel, self.runs, &[&size, &memory]);
         let mut table = Table::new(&[
             ("storage", Align::Left),
             ("write MiB/s", Align::Right),

@@ -8,6 +8,7 @@ use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 use anyhow::Result;
+use bee_vm::qemu::Accel;
 
 /// Runs one measurement, printing its result (`show`) or that it failed as progress.
 pub(crate) fn step<T>(
@@ -49,6 +50,14 @@ fn elapsed_text(elapsed: Duration) -> String {
 /// A duration as the tables show it.
 pub(crate) fn secs(elapsed: &Duration) -> String {
     format!("{:.1} s", elapsed.as_secs_f64())
+}
+
+/// The first line of a benchmark's table: `what` ran under `accel`, `runs` runs of each
+/// measurement, and what else sets the numbers apart (`details`).
+pub(crate) fn heading(what: &str, accel: Accel, runs: u32, details: &[&str]) -> String {
+    let mut within = vec![format!("accelerator: {}", accel.as_str()), format!("runs: {runs}")];
+    within.extend(details.iter().map(|d| d.to_string()));
+    format!("{what} ({})\n", within.join(", "))
 }
 
 /// How a target fared, in the tables.
@@ -191,6 +200,18 @@ longer name  12.00
 no value
 ";
         assert_eq!(table.render(), expected);
+    }
+
+    #[test]
+    fn a_heading_names_the_accelerator_the_runs_and_the_details() {
+        assert_eq!(
+            heading("deploy benchmark", Accel::Tcg, 3, &[]),
+            "deploy benchmark (accelerator: tcg, runs: 3)\n"
+        );
+        assert_eq!(
+            heading("storage benchmark", Accel::Kvm, 1, &["files of 128 MiB", "guests with 1GiB"]),
+            "storage benchmark (accelerator: kvm, runs: 1, files of 128 MiB, guests with 1GiB)\n"
+        );
     }
 
     #[test]
