@@ -234,8 +234,12 @@ mod tests {
     fn the_qmp_relay_joins_a_step_on_the_guests_node() {
         let node = SlurmNode { name: "cn-2".into(), addr: Ipv4Addr::new(10, 0, 0, 2) };
         let allocation = Allocation { job_id: "41".into(), nodes: vec![node.clone()] };
-        let script =
-            allocation.qmp_relay_script(&node, "bee-x-1-qmp", Path::new("/st/my x/x-1"), "qmp.sock");
+        let script = allocation.qmp_relay_script(
+            &node,
+            "bee-x-1-qmp",
+            Path::new("/st/my x/x-1"),
+            "qmp.sock",
+        );
         assert_eq!(
             script.lines().last().unwrap(),
             "exec srun --jobid=41 --nodelist=cn-2 --nodes=1 --ntasks=1 --overlap --quiet \

@@ -178,6 +178,42 @@ fn slurm_hosts_outside_an_allocation_are_refused_or_skipped() {
 }
 
 #[test]
+fn slurm_hosts_without_the_qmp_relay_program_are_refused_or_skipped() {
+    let env = BeeEnv::new();
+    let dir = tempfile::tempdir().unwrap();
+    let config = write_config(
+        dir.path(),
+        "[cluster]\nname = \"sr\"\nnodes = 1\n[application]\nimage = \"bee/base\"\n\
+         command = [\"true\"]\n[[platform]]\nbackend = \"vm\"\nhosts = \"slurm\"\n",
+    );
+    let reason = "hosts = \"slurm\" reaches each guest's QMP socket through socat, which is not \
+                  on PATH: install it (Debian's socat) here and on the allocation's nodes";
+    // Inside an allocation, as far as bee can tell, with a PATH that holds no socat.
+    let empty = tempfile::tempdir().unwrap();
+    let without_socat = |args: &[&str]| {
+        env.command(args)
+            .env("SLURM_JOB_ID", "1")
+            .env("SLURM_JOB_NODELIST", "bee-node")
+            .env("PATH", empty.path())
+            .output()
+            .unwrap()
+    };
+
+    let output = without_socat(&["up", config.to_str().unwrap()]);
+    assert_eq!(output.status.code(), Some(1));
+    let expected =
+        format!("bee: error: cannot start cluster sr: placing the nodes: vm: {reason}\n");
+    assert_eq!(stderr(&output), expected);
+
+    let output = without_socat(&["run", config.to_str().unwrap()]);
+    assert_eq!(output.status.code(), Some(125));
+    let err = stderr(&output);
+    assert!(err.contains(&format!("skipping platform 0 (vm on slurm): {reason}")), "{err}");
+    assert!(!env.state_dir().join("clusters/sr").exists());
+    assert!(env.qemu_processes().is_empty());
+}
+
+#[test]
 fn a_backend_this_bee_lacks_is_refused_before_anything_boots() {
     let env = BeeEnv::new();
     let dir = tempfile::tempdir().unwrap();
