@@ -8,6 +8,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
+use crate::ip;
+
 /// Namespace hosts; removed when dropped.
 pub struct SshHosts {
     dir: tempfile::TempDir,
@@ -137,13 +139,7 @@ impl Drop for SshHosts {
             let _ = sshd.wait();
         }
         for ns in &self.namespaces {
-            // Processes still in the namespace (a QEMU a failed test left) go with it.
-            let _ = Command::new("ip").args(["netns", "pids", ns]).output().map(|o| {
-                for pid in String::from_utf8_lossy(&o.stdout).split_whitespace() {
-                    let _ = Command::new("kill").args(["-9", pid]).status();
-                }
-            });
-            let _ = Command::new("ip").args(["netns", "del", ns]).status();
+            crate::remove_namespace(ns);
         }
         if let Some(bridge) = &self.bridge {
             let _ = Command::new("ip").args(["link", "del", bridge]).status();
@@ -176,16 +172,6 @@ fn keygen(path: &Path) {
         .status()
         .unwrap();
     assert!(status.success(), "ssh-keygen failed");
-}
-
-fn ip(args: &[&str]) {
-    let output = Command::new("ip").args(args).output().unwrap();
-    assert!(
-        output.status.success(),
-        "ip {} failed: {}",
-        args.join(" "),
-        String::from_utf8_lossy(&output.stderr)
-    );
 }
 
 #[cfg(test)]

@@ -176,6 +176,28 @@ pub fn port_in_use(port: u16) -> bool {
     TcpListener::bind(("127.0.0.1", port)).is_err()
 }
 
+/// Runs `ip` with `args`; panics with its error output when it fails.
+pub fn ip(args: &[&str]) {
+    let output = Command::new("ip").args(args).output().unwrap();
+    assert!(
+        output.status.success(),
+        "ip {} failed: {}",
+        args.join(" "),
+        String::from_utf8_lossy(&output.stderr)
+    );
+}
+
+/// Deletes network namespace `name` and kills what still runs in it (a QEMU a failed
+/// test left).
+pub fn remove_namespace(name: &str) {
+    let _ = Command::new("ip").args(["netns", "pids", name]).output().map(|o| {
+        for pid in String::from_utf8_lossy(&o.stdout).split_whitespace() {
+            let _ = Command::new("kill").args(["-9", pid]).status();
+        }
+    });
+    let _ = Command::new("ip").args(["netns", "del", name]).status();
+}
+
 /// Text of a command's stdout.
 pub fn stdout(output: &Output) -> String {
     String::from_utf8_lossy(&output.stdout).into_owned()

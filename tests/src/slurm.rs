@@ -1,17 +1,22 @@
-//! A real single-node Slurm for tests: munged, slurmctld and slurmd from Debian's
+//! A real two-node Slurm for tests: munged, slurmctld and two slurmd from Debian's
 //! `slurm-wlm` and `munge`, with their own key, configuration, ports and directories in
 //! a temporary directory, started in the foreground as children of the test and killed
-//! when it ends. The node is this machine under the name `bee-node`, at 127.0.0.1.
+//! when it ends. Node [`NODE`] is this machine at the address of a bridge the test makes;
+//! node [`REMOTE_NODE`] is a network namespace on that bridge with an address of its own
+//! (so what bee starts there listens there, as on another machine), sharing this
+//! machine's file systems as cluster nodes share home directories. Needs root.
 
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
-use crate::wait_until;
+use crate::{ip, wait_until};
 
-/// The node's name in Slurm.
+/// The name in Slurm of the node that is this machine.
 pub const NODE: &str = "bee-node";
+/// The name in Slurm of the node in a network namespace.
+pub const REMOTE_NODE: &str = "bee-node2";
 /// How long the daemons get to come up and report the node idle.
 const START_TIMEOUT: Duration = Duration::from_secs(60);
 
@@ -19,23 +24,30 @@ const START_TIMEOUT: Duration = Duration::from_secs(60);
 pub struct Slurm {
     dir: tempfile::TempDir,
     daemons: Vec<Child>,
+    namespace: Option<String>,
+    bridge: Option<String>,
 }
 
 impl Slurm {
-    /// Starts munged, slurmctld and slurmd and waits until the node is idle. Panics,
-    /// saying what to install, when a program is missing.
+    /// Starts munged, slurmctld and both slurmd and waits until the nodes are idle.
+    /// Panics, saying what to install, when a program is missing.
     pub fn start() -> Slurm {
-        for program in ["munged", "slurmctld", "slurmd", "salloc", "srun", "scontrol", "sinfo"] {
+        let programs = ["munged", "slurmctld", "slurmd", "salloc", "srun", "scontrol", "sinfo"];
+        for program in programs.into_iter().chain(["ip", "nsenter"]) {
             assert!(
                 Command::new("sh")
                     .args(["-c", &format!("command -v {program}")])
                     .stdout(Stdio::null())
                     .status()
                     .is_ok_and(|s| s.success()),
-                "{program} is missing: install Debian's slurm-wlm and munge \
+                "{program} is missing: install Debian's slurm-wlm, munge and iproute2 \
                  (scripts/setup.sh --tests does)"
             );
         }
+        assert!(
+            nix::unistd::geteuid().is_root(),
+            "the Slurm tests put a node in a network namespace and need root"
+        );
         // Short: munge's and Slurm's sockets live here.
         let dir = tempfile::Builder::new().prefix("bee-slurm-").tempdir_in("/tmp").unwrap();
         let root = &dir.path().to_path_buf();
@@ -52,7 +64,31 @@ impl Slurm {
         set_mode(&key_file, 0o600);
         let socket = root.join("munge/run/munge.socket");
 
-        let mut slurm = Slurm { dir, daemons: Vec::new() };
+        let mut slurm = Slurm { dir, daemons: Vec::new(), namespace: None, bridge: None };
+        // A subnet of this process's own, so that test processes in parallel do not meet.
+        let subnet = 100 + std::process::id() % 150;
+        let (here, there) = (format!("10.78.{subnet}.1"), format!("10.78.{subnet}.2"));
+        let bridge = format!("s{subnet}br");
+        ip(&["link", "add", &bridge, "type", "bridge"]);
+        slurm.bridge = Some(bridge.clone());
+        ip(&["addr", "add", &format!("{here}/24"), "dev", &bridge]);
+        ip(&["link", "set", &bridge, "up"]);
+        let namespace = format!("s{subnet}n");
+        ip(&["netns", "add", &namespace]);
+        slurm.namespace = Some(namespace.clone());
+        let (outer, inner) = (format!("s{subnet}v"), format!("s{subnet}i"));
+        ip(&["link", "add", &outer, "type", "veth", "peer", "name", &inner]);
+        ip(&["link", "set", &inner, "netns", &namespace]);
+        ip(&["link", "set", &outer, "master", &bridge]);
+        ip(&["link", "set", &outer, "up"]);
+        ip(&["-n", &namespace, "addr", "add", &format!("{there}/24"), "dev", &inner]);
+        ip(&["-n", &namespace, "link", "set", &inner, "up"]);
+        ip(&["-n", &namespace, "link", "set", "lo", "up"]);
+        // The way back to srun and bee, which listen on this machine's other addresses too.
+        ip(&["-n", &namespace, "route", "add", "default", "via", &here]);
+        for node in [NODE, REMOTE_NODE] {
+            std::fs::create_dir_all(root.join("spool").join(node)).unwrap();
+        }
         let mut munged = Command::new("munged");
         munged
             .arg("--foreground")
@@ -70,19 +106,22 @@ impl Slurm {
         std::fs::write(
             &conf,
             format!(
-                "ClusterName=bee-test\nSlurmctldHost={host}(127.0.0.1)\n\
+                "ClusterName=bee-test\nSlurmctldHost={host}({here})\n\
                  SlurmctldPort={ctl_port}\nSlurmdPort={node_port}\nSlurmUser=root\n\
                  AuthType=auth/munge\nAuthInfo=socket={socket}\nCredType=cred/munge\n\
                  ProctrackType=proctrack/linuxproc\nTaskPlugin=task/none\n\
                  SelectType=select/cons_tres\nSelectTypeParameters=CR_Core\nMpiDefault=none\n\
                  ReturnToService=2\nStateSaveLocation={root}/state\n\
-                 SlurmdSpoolDir={root}/spool\nSlurmctldPidFile={root}/slurmctld.pid\n\
-                 SlurmdPidFile={root}/slurmd.pid\nSlurmctldLogFile={root}/log/slurmctld.log\n\
-                 SlurmdLogFile={root}/log/slurmd.log\nJobCompType=jobcomp/none\n\
-                 NodeName={NODE} NodeAddr=127.0.0.1 NodeHostname={host} CPUs=2 \
+                 SlurmdSpoolDir={root}/spool/%n\nSlurmctldPidFile={root}/slurmctld.pid\n\
+                 SlurmdPidFile={root}/slurmd-%n.pid\n\
+                 SlurmctldLogFile={root}/log/slurmctld.log\n\
+                 SlurmdLogFile={root}/log/slurmd-%n.log\nJobCompType=jobcomp/none\n\
+                 NodeName={NODE} NodeAddr={here} NodeHostname={host} CPUs=2 \
                  RealMemory=1000 State=UNKNOWN\n\
-                 PartitionName=test Nodes={NODE} Default=YES MaxTime=INFINITE State=UP \
-                 OverSubscribe=YES\n",
+                 NodeName={REMOTE_NODE} NodeAddr={there} NodeHostname={host} CPUs=2 \
+                 RealMemory=1000 State=UNKNOWN\n\
+                 PartitionName=test Nodes={NODE},{REMOTE_NODE} Default=YES MaxTime=INFINITE \
+                 State=UP OverSubscribe=YES\n",
                 socket = socket.display(),
                 root = root.display(),
             ),
@@ -94,18 +133,30 @@ impl Slurm {
         let mut slurmd = slurm.command("slurmd");
         slurmd.args(["-D", "-N", NODE]);
         slurm.spawn(slurmd, "slurmd");
+        // nsenter, not `ip netns exec`, which mounts a sysfs of its own without the cgroup
+        // file system slurmd looks for.
+        let mut remote = slurm.command("nsenter");
+        remote.arg(format!("--net=/var/run/netns/{namespace}")).args([
+            "slurmd",
+            "-D",
+            "-N",
+            REMOTE_NODE,
+        ]);
+        slurm.spawn(remote, "slurmd-remote");
         let mut last = String::new();
+        let nodes = format!("{NODE},{REMOTE_NODE}");
         let idle = || {
-            let output = slurm.command("sinfo").args(["-h", "-n", NODE, "-o", "%T"]).output();
+            let output =
+                slurm.command("sinfo").args(["-h", "-N", "-n", &nodes, "-o", "%T"]).output();
             last = output
                 .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
                 .unwrap_or_default();
-            last == "idle"
+            last.lines().count() == 2 && last.lines().all(|state| state == "idle")
         };
         if !poll(START_TIMEOUT, idle) {
             panic!(
-                "Slurm did not report node {NODE} idle within {}s (last state {last:?}); logs \
-                 in {}",
+                "Slurm did not report nodes {nodes} idle within {}s (last states {last:?}); \
+                 logs in {}",
                 START_TIMEOUT.as_secs(),
                 slurm.dir.path().join("log").display()
             );
@@ -159,6 +210,12 @@ impl Drop for Slurm {
                 let _ = child.wait();
             }
         }
+        if let Some(namespace) = &self.namespace {
+            crate::remove_namespace(namespace);
+        }
+        if let Some(bridge) = &self.bridge {
+            let _ = Command::new("ip").args(["link", "del", bridge]).status();
+        }
     }
 }
 
@@ -200,18 +257,24 @@ mod tests {
     use super::*;
 
     #[test]
-    fn an_allocation_runs_steps_on_the_node() {
+    fn an_allocation_runs_steps_on_both_nodes_each_in_its_own_network() {
         let slurm = Slurm::start();
         let output = slurm
             .command("salloc")
-            .args(["--quiet", "--nodes=1", "srun", "--overlap", "sh", "-c"])
-            .arg("echo $SLURMD_NODENAME $SLURM_JOB_NODELIST")
+            .args(["--quiet", "--nodes=2", "srun", "--overlap", "--ntasks-per-node=1"])
+            .args(["--label", "sh", "-c"])
+            .arg("echo $SLURMD_NODENAME $(ip -4 -o addr show scope global | wc -l)")
             .stdin(Stdio::null())
             .output()
             .unwrap();
         let text = String::from_utf8_lossy(&output.stdout);
         assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
-        assert_eq!(text.trim(), format!("{NODE} {NODE}"));
+        let mut lines: Vec<&str> = text.lines().collect();
+        lines.sort();
+        // This machine has its own addresses besides the bridge's; the namespace only one.
+        assert_eq!(lines.len(), 2, "{text}");
+        assert!(lines[0].starts_with(&format!("0: {NODE} ")), "{text}");
+        assert_eq!(lines[1], format!("1: {REMOTE_NODE} 1"), "{text}");
         assert_eq!(slurm.steps().trim(), "");
     }
 }

@@ -1,6 +1,7 @@
 //! Algorithm 1 on real guests: an MPI application outlives its time slot, is checkpointed,
-//! moves to the next platform (the nodes of a real Slurm allocation, see
-//! [`bee_tests::slurm`]) and is restored there; with no platform left its checkpoint
+//! moves to the next platform (a real Slurm allocation of the node in a network
+//! namespace, see [`bee_tests::slurm`], so that bee reaches its QEMU through the QMP relay
+//! and its SSH at that node's address) and is restored there; with no platform left its checkpoint
 //! waits for `bee resume`. The same counter without a checkpoint of its own is moved as a
 //! whole VM (QEMU migration into a file, restored with `-incoming`). Needs the guest
 //! image, which `scripts/test.sh` builds when it is missing.
@@ -14,7 +15,7 @@ use std::path::{Path, PathBuf};
 
 use std::process::Stdio;
 
-use bee_tests::slurm::{Slurm, NODE};
+use bee_tests::slurm::{Slurm, REMOTE_NODE};
 use bee_tests::{
     bee_binary, repo_root, stderr, stdout, wait_with_timeout, write_config, BeeEnv, COMMAND_TIMEOUT,
 };
@@ -103,10 +104,12 @@ fn a_checkpointed_run_moves_to_a_slurm_allocation_and_ends_like_an_uninterrupted
                      [[platform]]\nbackend = \"vm\"\nhosts = \"slurm\"\n";
     let (moved_dir, moved) =
         counter_project("ckpt-move", &format!("{}{platforms}", checkpoint_section()));
-    // `bee run` inside an allocation, as a user would type it on a login node.
+    // `bee run` inside an allocation, as a user would type it on a login node; the
+    // allocation's node is the other one.
     let child = slurm
         .command("salloc")
         .args(["--quiet", "--nodes=1", "--job-name=ckpt-move"])
+        .arg(format!("--nodelist={REMOTE_NODE}"))
         .arg(bee_binary())
         .args(["run", moved.to_str().unwrap()])
         .env("BEE_STATE_DIR", env.state_dir())
@@ -128,7 +131,10 @@ fn a_checkpointed_run_moves_to_a_slurm_allocation_and_ends_like_an_uninterrupted
     );
     assert!(err.contains("checkpoint 1 saved; moving to platform 1 (vm on slurm)"), "{err}");
     assert!(err.contains("restoring checkpoint 1 on platform 1 (vm on slurm)"), "{err}");
-    assert!(err.contains(&format!("ckpt-move-0: qemu started on {NODE} (step of Slurm job ")));
+    assert!(
+        err.contains(&format!("ckpt-move-0: qemu started on {REMOTE_NODE} (step of Slurm job ")),
+        "{err}"
+    );
     assert!(out.contains("counter: checkpoint saved at step "), "{out}");
     assert!(out.contains("counter: 2 ranks, restarting at step "), "{out}");
 
@@ -195,14 +201,29 @@ fn bee_killed_while_moving_a_checkpoint_is_resumed_with_the_same_result() {
 }
 
 #[test]
-fn an_application_without_checkpoints_moves_as_a_whole_vm_and_ends_like_an_uninterrupted_one() {
+fn an_application_without_checkpoints_moves_as_a_whole_vm_to_slurm_and_ends_like_an_uninterrupted_one(
+) {
+    let slurm = Slurm::start();
     let env = BeeEnv::new();
-    // No [checkpoint]: the slot ends in a VM-level checkpoint, 30 s before it ends.
+    // No [checkpoint]: the slot ends in a VM-level checkpoint, 30 s before it ends. The
+    // saved VM is restored on the other node, its QMP reached through the relay.
     let platforms = "[[platform]]\nbackend = \"vm\"\ntime_slot = \"45s\"\n\
-                     [[platform]]\nbackend = \"vm\"\n";
+                     [[platform]]\nbackend = \"vm\"\nhosts = \"slurm\"\n";
     let (dir, config) = counter_project_on("ckpt-vm", "data-image-nfs", platforms);
     let started = std::time::Instant::now();
-    let output = env.bee(&["-v", "run", config.to_str().unwrap()]);
+    let child = slurm
+        .command("salloc")
+        .args(["--quiet", "--nodes=1", "--job-name=ckpt-vm"])
+        .arg(format!("--nodelist={REMOTE_NODE}"))
+        .arg(bee_binary())
+        .args(["-v", "run", config.to_str().unwrap()])
+        .env("BEE_STATE_DIR", env.state_dir())
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("salloc starts");
+    let output = wait_with_timeout(child, COMMAND_TIMEOUT, "salloc bee run");
     let (out, err) = (stdout(&output), stderr(&output));
     assert_eq!(output.status.code(), Some(0), "stdout:\n{out}\nstderr:\n{err}");
     eprintln!(
@@ -219,9 +240,13 @@ fn an_application_without_checkpoints_moves_as_a_whole_vm_and_ends_like_an_unint
     );
     assert!(err.contains("saved checkpoint 1 of the whole nodes from platform 0"), "{err}");
     assert!(err.contains("ckpt-vm-0: saved "), "{err}");
-    assert!(err.contains("checkpoint 1 saved; moving to platform 1 (vm on local)"), "{err}");
-    assert!(err.contains("restoring checkpoint 1 on platform 1 (vm on local)"), "{err}");
+    assert!(err.contains("checkpoint 1 saved; moving to platform 1 (vm on slurm)"), "{err}");
+    assert!(err.contains("restoring checkpoint 1 on platform 1 (vm on slurm)"), "{err}");
     assert!(err.contains("restoring 1 node(s) from their checkpoint"), "{err}");
+    assert!(
+        err.contains(&format!("ckpt-vm-0: qemu started on {REMOTE_NODE} (step of Slurm job ")),
+        "{err}"
+    );
     // One process from start to end: it never restarted, and its output is not repeated.
     assert_eq!(out.matches("counter: 2 ranks, starting at step 0 of 600").count(), 1, "{out}");
     assert!(!out.contains("restarting"), "{out}");
@@ -237,6 +262,7 @@ fn an_application_without_checkpoints_moves_as_a_whole_vm_and_ends_like_an_unint
     assert!(!env.state_dir().join("runs/ckpt-vm/data").exists(), "checkpoint left behind");
     assert!(!env.state_dir().join("runs/ckpt-vm/data.partial").exists());
     env.assert_no_cluster_left();
+    assert_eq!(slurm.steps().trim(), "", "job steps left running");
 }
 
 /// The lines of a child's stderr as they come, read on a thread of their own.
