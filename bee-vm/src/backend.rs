@@ -15,6 +15,7 @@
 use std::net::{Ipv4Addr, SocketAddr, TcpListener};
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
@@ -26,6 +27,7 @@ use bee_core::CoreError;
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 use tokio::process::Command;
+use tokio::sync::OnceCell;
 
 use crate::checkpoint::{self, SavedNode};
 use crate::image::{GuestImage, ImageInputs};
@@ -66,6 +68,9 @@ pub struct VmBackend {
     image: Option<GuestImage>,
     cache: Option<(PathBuf, ImageInputs)>,
     hosts: Hosts,
+    /// Where `hosts` put the nodes, looked up once (`scontrol`, or `ssh` to each host)
+    /// and shared by the clones of this backend.
+    placement: Arc<OnceCell<Placement>>,
 }
 
 impl Default for VmBackend {
@@ -77,34 +82,43 @@ impl Default for VmBackend {
 impl VmBackend {
     /// A backend that can only inspect and tear down recorded clusters.
     pub fn new() -> VmBackend {
-        VmBackend { image: None, cache: None, hosts: Hosts::Local }
+        VmBackend::of(None, None)
+    }
+
+    fn of(image: Option<GuestImage>, cache: Option<(PathBuf, ImageInputs)>) -> VmBackend {
+        VmBackend { image, cache, hosts: Hosts::Local, placement: Arc::default() }
     }
 
     /// A backend that boots nodes from the image of `inputs` in `cache_dir`, looked up
     /// when nodes are started, so that other problems of a configuration surface first.
     pub fn from_cache(cache_dir: PathBuf, inputs: ImageInputs) -> VmBackend {
-        VmBackend { image: None, cache: Some((cache_dir, inputs)), hosts: Hosts::Local }
+        VmBackend::of(None, Some((cache_dir, inputs)))
     }
 
     /// A backend that boots nodes from `image`.
     pub fn with_image(image: GuestImage) -> VmBackend {
-        VmBackend { image: Some(image), cache: None, hosts: Hosts::Local }
+        VmBackend::of(Some(image), None)
     }
 
     /// The same backend, starting its nodes on `hosts` (a platform's `hosts`).
     pub fn on_hosts(mut self, hosts: Hosts) -> VmBackend {
         self.hosts = hosts;
+        self.placement = Arc::default();
         self
     }
 
     /// Where the nodes go: this host, a Slurm allocation, or hosts over SSH (each
-    /// checked to answer).
-    async fn placement(&self) -> Result<Placement, CoreError> {
-        Ok(match &self.hosts {
-            Hosts::Local => Placement::Local,
-            Hosts::Slurm => Placement::Slurm(Allocation::from_env().await?),
-            Hosts::List(entries) => Placement::Ssh(ssh_hosts::reach(entries).await?),
-        })
+    /// checked to answer), looked up the first time it is asked for.
+    async fn placement(&self) -> Result<&Placement, CoreError> {
+        self.placement
+            .get_or_try_init(|| async {
+                Ok(match &self.hosts {
+                    Hosts::Local => Placement::Local,
+                    Hosts::Slurm => Placement::Slurm(Allocation::from_env().await?),
+                    Hosts::List(entries) => Placement::Ssh(ssh_hosts::reach(entries).await?),
+                })
+            })
+            .await
     }
 }
 
@@ -156,6 +170,7 @@ fn tell_started(node: &NodeRecord, place: &Place<'_>, events: &dyn Events) {
 }
 
 /// Where the nodes of a cluster run.
+#[derive(Debug)]
 enum Placement {
     Local,
     Slurm(Allocation),
