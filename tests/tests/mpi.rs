@@ -1,6 +1,7 @@
 //! Multi-node clusters: an MPI job in containers across three or four guests, on every
 //! combination of the paper's networks and storages (one of them with the guests on two
-//! hosts reached over SSH), and a guest that dies mid-run.
+//! hosts reached over SSH, one on the two nodes of a Slurm allocation), and a guest that
+//! dies mid-run.
 //! Needs the guest image, which `scripts/test.sh` builds when it is missing.
 
 use std::path::PathBuf;
@@ -8,9 +9,21 @@ use std::process::Stdio;
 use std::time::Duration;
 
 use bee_tests::hosts::SshHosts;
+use bee_tests::slurm::{Slurm, NODE, REMOTE_NODE};
 use bee_tests::{
-    repo_root, stderr, stdout, wait_until, wait_with_timeout, write_config, BeeEnv, COMMAND_TIMEOUT,
+    bee_binary, repo_root, stderr, stdout, wait_until, wait_with_timeout, write_config, BeeEnv,
+    COMMAND_TIMEOUT,
 };
+
+/// Where a test's guests run.
+enum On<'a> {
+    /// This host.
+    Here,
+    /// Hosts reached over SSH, in turn.
+    Ssh(&'a SshHosts),
+    /// The nodes of a two-node allocation of this Slurm, in turn.
+    Slurm(&'a Slurm),
+}
 
 /// A directory holding the mpi-pairs example's sources and a configuration for them.
 fn pairs_project(
@@ -38,21 +51,43 @@ fn pairs_project(
 
 /// Runs the pairs program on `nodes` nodes and checks its output and result files.
 fn pairs_pass(name: &str, nodes: u32, network: &str, storage: &str) {
-    pairs_pass_on(name, nodes, network, storage, None);
+    pairs_pass_on(name, nodes, network, storage, On::Here);
 }
 
-/// [`pairs_pass`] with the nodes on `hosts` (reached over SSH) instead of this host.
-fn pairs_pass_on(name: &str, nodes: u32, network: &str, storage: &str, hosts: Option<&SshHosts>) {
+/// [`pairs_pass`] with the nodes where `on` says.
+fn pairs_pass_on(name: &str, nodes: u32, network: &str, storage: &str, on: On<'_>) {
     let env = BeeEnv::new();
     let command = format!("[\"mpirun\", \"-np\", \"{nodes}\", \"/app/pairs\", \"/bee/shared\"]");
     let (dir, config) = pairs_project(name, nodes, network, storage, &command);
-    let mut bee = env.command(&["run", config.to_str().unwrap()]);
+    let config_arg = config.to_str().unwrap();
+    let hosts = match &on {
+        On::Here => None,
+        On::Ssh(hosts) => Some(hosts.toml_list()),
+        On::Slurm(_) => Some("\"slurm\"".to_string()),
+    };
     if let Some(hosts) = hosts {
-        let platform = format!("[[platform]]\nbackend = \"vm\"\nhosts = {}\n", hosts.toml_list());
+        let platform = format!("[[platform]]\nbackend = \"vm\"\nhosts = {hosts}\n");
         let text = std::fs::read_to_string(&config).unwrap() + &platform;
         std::fs::write(&config, text).unwrap();
-        bee.env("BEE_SSH_CONFIG", hosts.ssh_config());
     }
+    let mut bee = match &on {
+        On::Here => env.command(&["run", config_arg]),
+        On::Ssh(hosts) => {
+            let mut bee = env.command(&["run", config_arg]);
+            bee.env("BEE_SSH_CONFIG", hosts.ssh_config());
+            bee
+        }
+        On::Slurm(slurm) => {
+            let mut salloc = slurm.command("salloc");
+            salloc
+                .args(["--quiet", "--nodes=2", &format!("--job-name={name}")])
+                .arg(bee_binary())
+                .args(["run", config_arg])
+                .env("BEE_STATE_DIR", env.state_dir())
+                .stdin(Stdio::null());
+            salloc
+        }
+    };
     let child = bee.stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap();
     let output = wait_with_timeout(child, COMMAND_TIMEOUT, "bee run");
     let (out, err) = (stdout(&output), stderr(&output));
@@ -73,10 +108,21 @@ fn pairs_pass_on(name: &str, nodes: u32, network: &str, storage: &str, hosts: Op
             )
         );
     }
-    if let Some(hosts) = hosts {
-        for (index, host) in hosts.addresses().iter().enumerate() {
-            let node = format!("{name}-{index}: qemu started on {host} over SSH");
-            assert!(err.contains(&node), "{node:?} missing from:\n{err}");
+    match on {
+        On::Here => {}
+        On::Ssh(hosts) => {
+            for (index, host) in hosts.addresses().iter().enumerate() {
+                let node = format!("{name}-{index}: qemu started on {host} over SSH");
+                assert!(err.contains(&node), "{node:?} missing from:\n{err}");
+            }
+        }
+        On::Slurm(slurm) => {
+            for index in 0..nodes {
+                let host = [NODE, REMOTE_NODE][index as usize % 2];
+                let node = format!("{name}-{index}: qemu started on {host} (step of Slurm job ");
+                assert!(err.contains(&node), "{node:?} missing from:\n{err}");
+            }
+            assert_eq!(slurm.steps().trim(), "", "job steps left running");
         }
     }
     env.assert_no_cluster_left();
@@ -102,7 +148,7 @@ fn p2p_star_with_virtio_9p() {
 #[test]
 fn p2p_star_with_data_image_nfs_across_two_ssh_hosts() {
     let hosts = SshHosts::start(2);
-    pairs_pass_on("star-nfs", 3, "p2p-star", "data-image-nfs", Some(&hosts));
+    pairs_pass_on("star-nfs", 3, "p2p-star", "data-image-nfs", On::Ssh(&hosts));
 }
 
 #[test]
@@ -110,9 +156,14 @@ fn p2p_tree_with_virtio_9p() {
     pairs_pass("tree-9p", 3, "p2p-tree", "virtio-9p");
 }
 
+/// Three guests on the two nodes of a Slurm allocation (one of them a network namespace
+/// with an address of its own): the tree of three is the master's star, whose links to
+/// the other node meet at that node's address; bee reaches each guest's QMP through a
+/// relay step on its node.
 #[test]
-fn p2p_tree_with_data_image_nfs() {
-    pairs_pass("tree-nfs", 3, "p2p-tree", "data-image-nfs");
+fn p2p_tree_with_data_image_nfs_on_two_slurm_nodes() {
+    let slurm = Slurm::start();
+    pairs_pass_on("tree-nfs", 3, "p2p-tree", "data-image-nfs", On::Slurm(&slurm));
 }
 
 /// In a tree of four, node 3 hangs below node 1 and node 2 below the master: their
