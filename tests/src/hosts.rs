@@ -61,16 +61,9 @@ impl SshHosts {
         for index in 0..count {
             let ns = format!("{tag}h{index}");
             let addr = format!("10.77.{subnet}.{}", index + 2);
-            ip(&["netns", "add", &ns]);
-            hosts.namespaces.push(ns.clone());
             let (outer, inner) = (format!("{tag}v{index}"), format!("{tag}i{index}"));
-            ip(&["link", "add", &outer, "type", "veth", "peer", "name", &inner]);
-            ip(&["link", "set", &inner, "netns", &ns]);
-            ip(&["link", "set", &outer, "master", &bridge]);
-            ip(&["link", "set", &outer, "up"]);
-            ip(&["-n", &ns, "addr", "add", &format!("{addr}/24"), "dev", &inner]);
-            ip(&["-n", &ns, "link", "set", &inner, "up"]);
-            ip(&["-n", &ns, "link", "set", "lo", "up"]);
+            crate::add_namespace(&ns, &bridge, (&outer, &inner), &addr);
+            hosts.namespaces.push(ns.clone());
             let log = std::fs::File::create(root.join(format!("sshd-{index}.log"))).unwrap();
             let sshd = Command::new("ip")
                 .args(["netns", "exec", &ns, "/usr/sbin/sshd", "-D", "-e", "-f", "/dev/null"])

@@ -187,6 +187,19 @@ pub fn ip(args: &[&str]) {
     );
 }
 
+/// Makes network namespace `name` with a veth pair (`outer` here, on `bridge`; `inner`
+/// there, with `addr`/24) and its loopback up.
+pub fn add_namespace(name: &str, bridge: &str, (outer, inner): (&str, &str), addr: &str) {
+    ip(&["netns", "add", name]);
+    ip(&["link", "add", outer, "type", "veth", "peer", "name", inner]);
+    ip(&["link", "set", inner, "netns", name]);
+    ip(&["link", "set", outer, "master", bridge]);
+    ip(&["link", "set", outer, "up"]);
+    ip(&["-n", name, "addr", "add", &format!("{addr}/24"), "dev", inner]);
+    ip(&["-n", name, "link", "set", inner, "up"]);
+    ip(&["-n", name, "link", "set", "lo", "up"]);
+}
+
 /// Deletes network namespace `name` and kills what still runs in it (a QEMU a failed
 /// test left).
 pub fn remove_namespace(name: &str) {

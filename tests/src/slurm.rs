@@ -74,16 +74,9 @@ impl Slurm {
         ip(&["addr", "add", &format!("{here}/24"), "dev", &bridge]);
         ip(&["link", "set", &bridge, "up"]);
         let namespace = format!("s{subnet}n");
-        ip(&["netns", "add", &namespace]);
-        slurm.namespace = Some(namespace.clone());
         let (outer, inner) = (format!("s{subnet}v"), format!("s{subnet}i"));
-        ip(&["link", "add", &outer, "type", "veth", "peer", "name", &inner]);
-        ip(&["link", "set", &inner, "netns", &namespace]);
-        ip(&["link", "set", &outer, "master", &bridge]);
-        ip(&["link", "set", &outer, "up"]);
-        ip(&["-n", &namespace, "addr", "add", &format!("{there}/24"), "dev", &inner]);
-        ip(&["-n", &namespace, "link", "set", &inner, "up"]);
-        ip(&["-n", &namespace, "link", "set", "lo", "up"]);
+        crate::add_namespace(&namespace, &bridge, (&outer, &inner), &there);
+        slurm.namespace = Some(namespace.clone());
         // The way back to srun and bee, which listen on this machine's other addresses too.
         ip(&["-n", &namespace, "route", "add", "default", "via", &here]);
         for node in [NODE, REMOTE_NODE] {
@@ -188,6 +181,23 @@ impl Slurm {
         let mut command = Command::new(program);
         command.env("SLURM_CONF", self.conf());
         command
+    }
+
+    /// `salloc` with `allocation` (such as `--nodes=2`) running bee with `args` in the
+    /// allocation, as a user would on a login node, bee's state in `state_dir`, its
+    /// output piped.
+    pub fn salloc_bee(&self, allocation: &[&str], state_dir: &Path, args: &[&str]) -> Command {
+        let mut salloc = self.command("salloc");
+        salloc
+            .arg("--quiet")
+            .args(allocation)
+            .arg(crate::bee_binary())
+            .args(args)
+            .env("BEE_STATE_DIR", state_dir)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        salloc
     }
 
     /// The job steps that are running, as `squeue --steps` shows them (header omitted).

@@ -17,7 +17,7 @@ use std::process::Stdio;
 
 use bee_tests::slurm::{Slurm, REMOTE_NODE};
 use bee_tests::{
-    bee_binary, repo_root, stderr, stdout, wait_with_timeout, write_config, BeeEnv, COMMAND_TIMEOUT,
+    repo_root, stderr, stdout, wait_with_timeout, write_config, BeeEnv, COMMAND_TIMEOUT,
 };
 
 /// Steps the counter runs and its sleep per step: about a minute of work, so that a slot
@@ -106,16 +106,9 @@ fn a_checkpointed_run_moves_to_a_slurm_allocation_and_ends_like_an_uninterrupted
         counter_project("ckpt-move", &format!("{}{platforms}", checkpoint_section()));
     // `bee run` inside an allocation, as a user would type it on a login node; the
     // allocation's node is the other one.
+    let allocation = ["--nodes=1", "--job-name=ckpt-move", &format!("--nodelist={REMOTE_NODE}")];
     let child = slurm
-        .command("salloc")
-        .args(["--quiet", "--nodes=1", "--job-name=ckpt-move"])
-        .arg(format!("--nodelist={REMOTE_NODE}"))
-        .arg(bee_binary())
-        .args(["run", moved.to_str().unwrap()])
-        .env("BEE_STATE_DIR", env.state_dir())
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
+        .salloc_bee(&allocation, env.state_dir(), &["run", moved.to_str().unwrap()])
         .spawn()
         .expect("salloc starts");
     let output = wait_with_timeout(child, COMMAND_TIMEOUT, "salloc bee run");
@@ -211,16 +204,9 @@ fn an_application_without_checkpoints_moves_as_a_whole_vm_to_slurm_and_ends_like
                      [[platform]]\nbackend = \"vm\"\nhosts = \"slurm\"\n";
     let (dir, config) = counter_project_on("ckpt-vm", "data-image-nfs", platforms);
     let started = std::time::Instant::now();
+    let allocation = ["--nodes=1", "--job-name=ckpt-vm", &format!("--nodelist={REMOTE_NODE}")];
     let child = slurm
-        .command("salloc")
-        .args(["--quiet", "--nodes=1", "--job-name=ckpt-vm"])
-        .arg(format!("--nodelist={REMOTE_NODE}"))
-        .arg(bee_binary())
-        .args(["-v", "run", config.to_str().unwrap()])
-        .env("BEE_STATE_DIR", env.state_dir())
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
+        .salloc_bee(&allocation, env.state_dir(), &["-v", "run", config.to_str().unwrap()])
         .spawn()
         .expect("salloc starts");
     let output = wait_with_timeout(child, COMMAND_TIMEOUT, "salloc bee run");

@@ -11,8 +11,7 @@ use std::time::Duration;
 use bee_tests::hosts::SshHosts;
 use bee_tests::slurm::{Slurm, NODE, REMOTE_NODE};
 use bee_tests::{
-    bee_binary, repo_root, stderr, stdout, wait_until, wait_with_timeout, write_config, BeeEnv,
-    COMMAND_TIMEOUT,
+    repo_root, stderr, stdout, wait_until, wait_with_timeout, write_config, BeeEnv, COMMAND_TIMEOUT,
 };
 
 /// Where a test's guests run.
@@ -78,14 +77,8 @@ fn pairs_pass_on(name: &str, nodes: u32, network: &str, storage: &str, on: On<'_
             bee
         }
         On::Slurm(slurm) => {
-            let mut salloc = slurm.command("salloc");
-            salloc
-                .args(["--quiet", "--nodes=2", &format!("--job-name={name}")])
-                .arg(bee_binary())
-                .args(["run", config_arg])
-                .env("BEE_STATE_DIR", env.state_dir())
-                .stdin(Stdio::null());
-            salloc
+            let allocation = ["--nodes=2", &format!("--job-name={name}")];
+            slurm.salloc_bee(&allocation, env.state_dir(), &["run", config_arg])
         }
     };
     let child = bee.stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap();
