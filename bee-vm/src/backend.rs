@@ -926,8 +926,15 @@ async fn stop_process(
     }
 }
 
+/// Asks a running guest to power off. A paused one (a bee killed while saving it, a
+/// QEMU waiting for its migration stream) cannot act on the request: that is an error,
+/// so that it is stopped at once rather than after the grace period.
 async fn request_powerdown(qmp: &Path) -> Result<(), String> {
     let mut client = Qmp::connect(qmp, Duration::from_secs(3)).await.map_err(|e| e.to_string())?;
+    let status = client.query_status().await.map_err(|e| e.to_string())?;
+    if status != "running" {
+        return Err(format!("the guest is not running (status {status})"));
+    }
     client.system_powerdown().await.map_err(|e| e.to_string())
 }
 
@@ -961,4 +968,32 @@ fn backend_error(err: &dyn std::error::Error) -> CoreError {
 
 fn backend_message(detail: String) -> CoreError {
     CoreError::Backend { backend: "vm", detail }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::qmp::tests::{fake_qemu, CAPABILITIES_OK};
+
+    #[tokio::test]
+    async fn a_paused_guest_is_not_asked_to_power_off() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("qmp.sock");
+        // Nothing answers a system_powerdown: asking would time out.
+        let paused = r#"{"return": {"status": "paused", "running": false}, "id": {id}}"#;
+        let server = fake_qemu(&path, vec![CAPABILITIES_OK, paused]);
+        let err = request_powerdown(&path).await.unwrap_err();
+        assert_eq!(err, "the guest is not running (status paused)");
+        server.await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn a_running_guest_is_asked_to_power_off() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("qmp.sock");
+        let running = r#"{"return": {"status": "running", "running": true}, "id": {id}}"#;
+        let server = fake_qemu(&path, vec![CAPABILITIES_OK, running, CAPABILITIES_OK]);
+        request_powerdown(&path).await.unwrap();
+        server.await.unwrap();
+    }
 }

@@ -316,7 +316,7 @@ fn shorten(text: &str) -> String {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
     use std::process::Stdio;
@@ -332,7 +332,10 @@ mod tests {
 
     /// A fake QEMU: sends the greeting, then answers each request line with the
     /// next canned reply, with `{id}` replaced by the request's id.
-    fn fake_qemu(path: &Path, replies: Vec<&'static str>) -> tokio::task::JoinHandle<()> {
+    pub(crate) fn fake_qemu(
+        path: &Path,
+        replies: Vec<&'static str>,
+    ) -> tokio::task::JoinHandle<()> {
         let listener = UnixListener::bind(path).unwrap();
         tokio::spawn(async move {
             let (stream, _) = listener.accept().await.unwrap();
@@ -348,7 +351,7 @@ mod tests {
         })
     }
 
-    const CAPABILITIES_OK: &str = r#"{"return": {}, "id": {id}}"#;
+    pub(crate) const CAPABILITIES_OK: &str = r#"{"return": {}, "id": {id}}"#;
 
     #[tokio::test]
     async fn error_reply_carries_class_and_desc() {
