@@ -471,15 +471,15 @@ async fn launch(
                 let mut srun = allocation.srun(node, &format!("bee-{name}"), &qemu::qemu_binary());
                 srun.args(spec.render().map_err(|e| backend_error(&e))?);
                 let there = format!("in a step on Slurm node {}", node.name);
-                let relay_log = format!(" and {}", dir.join(RELAY_LOG).display());
-                spawn_foreground(name, &spec, srun, &monitor, &there, &relay_log).await
+                let relay_log = dir.join(RELAY_LOG);
+                spawn_foreground(name, &spec, srun, &monitor, &there, Some(&relay_log)).await
             }
             Place::Ssh(host) => {
                 let args = spec.render().map_err(|e| backend_error(&e))?;
                 let forward = (monitor.as_path(), qmp.as_path());
                 let ssh = ssh_hosts::run_there(host, &qemu::qemu_binary(), &args, forward);
                 let there = format!("on {}", host.destination);
-                spawn_foreground(name, &spec, ssh, &monitor, &there, "").await
+                spawn_foreground(name, &spec, ssh, &monitor, &there, None).await
             }
         };
         match spawned {
@@ -687,14 +687,14 @@ async fn spawn_qemu(node: &str, spec: &VmSpec) -> Result<u32, (CoreError, bool)>
 /// Starts `command` (`srun` or `ssh`, which runs QEMU elsewhere in its foreground) and
 /// returns its PID once QEMU answers on `monitor` (its QMP socket, or a forward of it),
 /// which it does only when every device and netdev is set up. The flag tells whether the
-/// SSH port was taken. `more_logs` ends the list of logs a time-out names.
+/// SSH port was taken. A time-out names `relay_log` too, ending with what it says.
 async fn spawn_foreground(
     name: &str,
     spec: &VmSpec,
     mut command: Command,
     monitor: &Path,
     there: &str,
-    more_logs: &str,
+    relay_log: Option<&Path>,
 ) -> Result<u32, (CoreError, bool)> {
     let program = command.as_std().get_program().to_string_lossy().into_owned();
     let failed = |detail: String| CoreError::Command { program: program.clone(), detail };
@@ -728,12 +728,19 @@ async fn spawn_foreground(
         if Instant::now() >= deadline {
             let _ = kill(Pid::from_raw(pid as i32), Signal::SIGTERM);
             let _ = tokio::time::timeout(TERM_WAIT, child.wait()).await;
-            let detail = format!(
-                "{name}: qemu {there} did not answer on {} within {}s; see {}{more_logs}",
+            let mut detail = format!(
+                "{name}: qemu {there} did not answer on {} within {}s; see {}",
                 monitor.display(),
                 STEP_START.as_secs(),
                 log_path.display()
             );
+            if let Some(relay_log) = relay_log {
+                let said = std::fs::read_to_string(relay_log).unwrap_or_default();
+                detail.push_str(&format!(" and {}", relay_log.display()));
+                if !said.trim().is_empty() {
+                    detail.push_str(&format!(", which ends: {}", bee_core::ssh::tail(&said, 3)));
+                }
+            }
             return Err((failed(detail), false));
         }
         tokio::time::sleep(Duration::from_millis(200)).await;

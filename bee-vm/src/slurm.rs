@@ -48,6 +48,8 @@ pub struct Allocation {
 
 /// The program that relays QMP connections to the guests' nodes.
 pub const RELAY_PROGRAM: &str = "socat";
+/// How long checking that the nodes can run it may take.
+const RELAY_CHECK_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(60);
 
 /// Why there is no allocation to run in (or no relay program to reach its guests with),
 /// or `None` when bee can start guests there; cheap (reads the environment and looks
@@ -98,7 +100,49 @@ impl Allocation {
         if nodes.is_empty() {
             return Err(slurm_error(format!("{NODE_LIST_VAR}={list:?} names no nodes")));
         }
-        Ok(Allocation { job_id, nodes })
+        let allocation = Allocation { job_id, nodes };
+        allocation.check_relay().await?;
+        Ok(allocation)
+    }
+
+    /// Checks, with one job step on all nodes, that each node can run the relay program
+    /// (see the module's description), so that a node without it is named before any
+    /// guest starts rather than when bee cannot reach that guest's QMP.
+    async fn check_relay(&self) -> Result<(), CoreError> {
+        let mut srun = Command::new("srun");
+        srun.arg(format!("--jobid={}", self.job_id))
+            .arg(format!("--nodes={}", self.nodes.len()))
+            .args(["--ntasks-per-node=1", "--overlap", "--quiet", "--label"])
+            .args(["--job-name=bee-relay-check", "--", RELAY_PROGRAM, "-V"])
+            .stdin(std::process::Stdio::null())
+            .kill_on_drop(true);
+        let output = match tokio::time::timeout(RELAY_CHECK_TIMEOUT, srun.output()).await {
+            Ok(Ok(output)) => output,
+            Ok(Err(e)) => {
+                return Err(slurm_error(format!(
+                    "cannot run srun ({e}); install slurm-client (slurm-wlm)"
+                )))
+            }
+            Err(_) => {
+                return Err(slurm_error(format!(
+                    "`srun {RELAY_PROGRAM} -V` on the allocation's nodes did not finish within \
+                     {}s",
+                    RELAY_CHECK_TIMEOUT.as_secs()
+                )))
+            }
+        };
+        if output.status.success() {
+            return Ok(());
+        }
+        // What failed says so on stderr; the nodes that could run it print its version.
+        let said = String::from_utf8_lossy(&output.stderr);
+        Err(slurm_error(format!(
+            "hosts = \"slurm\" reaches each guest's QMP socket through {RELAY_PROGRAM} on its \
+             node, and `srun {RELAY_PROGRAM} -V` on the allocation's nodes failed ({}): {}; \
+             install it (Debian's socat) on every node",
+            output.status,
+            bee_core::ssh::tail(&said, 4)
+        )))
     }
 
     /// The node that hosts guest `index`: guests are spread over the nodes in turn.

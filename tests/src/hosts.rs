@@ -21,7 +21,7 @@ pub struct SshHosts {
 
 impl SshHosts {
     /// Starts `count` hosts, named by their addresses 10.77.T.2, 10.77.T.3, ... with T
-    /// from this process's id (so that tests in parallel get separate subnets).
+    /// from [`crate::subnet`] (so that tests in parallel get separate subnets).
     pub fn start(count: usize) -> SshHosts {
         for program in ["ip", "/usr/sbin/sshd", "ssh-keygen"] {
             let found = Command::new("sh")
@@ -35,7 +35,7 @@ impl SshHosts {
             nix::unistd::geteuid().is_root(),
             "SSH host tests make network namespaces and need root"
         );
-        let subnet = 100 + std::process::id() % 150;
+        let subnet = crate::subnet();
         let tag = format!("b{subnet}");
         let dir = tempfile::Builder::new().prefix("bee-hosts-").tempdir_in("/tmp").unwrap();
         let mut hosts = SshHosts {

@@ -187,6 +187,15 @@ pub fn ip(args: &[&str]) {
     );
 }
 
+/// A number from 100 to 249 for a fixture's subnet and interface names: from this
+/// process's id, and different for each call, so that fixtures in parallel, in one test
+/// process or several, do not meet (until 150 are alive at once).
+pub fn subnet() -> u32 {
+    static CALLS: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+    let call = CALLS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    100 + (std::process::id().wrapping_mul(7).wrapping_add(call)) % 150
+}
+
 /// Makes network namespace `name` with a veth pair (`outer` here, on `bridge`; `inner`
 /// there, with `addr`/24) and its loopback up.
 pub fn add_namespace(name: &str, bridge: &str, (outer, inner): (&str, &str), addr: &str) {

@@ -65,8 +65,8 @@ impl Slurm {
         let socket = root.join("munge/run/munge.socket");
 
         let mut slurm = Slurm { dir, daemons: Vec::new(), namespace: None, bridge: None };
-        // A subnet of this process's own, so that test processes in parallel do not meet.
-        let subnet = 100 + std::process::id() % 150;
+        // A subnet of this fixture's own, so that fixtures in parallel do not meet.
+        let subnet = crate::subnet();
         let (here, there) = (format!("10.78.{subnet}.1"), format!("10.78.{subnet}.2"));
         let bridge = format!("s{subnet}br");
         ip(&["link", "add", &bridge, "type", "bridge"]);

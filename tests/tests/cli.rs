@@ -1,6 +1,7 @@
 //! Failure paths of the `bee` command that need no guest: each gives a clear error and
 //! the documented exit code.
 
+use bee_tests::slurm::{Slurm, REMOTE_NODE};
 use bee_tests::{stderr, write_config, BeeEnv};
 
 #[test]
@@ -175,6 +176,52 @@ fn slurm_hosts_outside_an_allocation_are_refused_or_skipped() {
     );
     assert!(!env.state_dir().join("clusters/sl").exists());
     assert!(env.qemu_processes().is_empty());
+}
+
+#[test]
+fn a_slurm_node_that_cannot_run_the_qmp_relay_is_named_before_any_guest_starts() {
+    let slurm = Slurm::start();
+    let env = BeeEnv::new();
+    let dir = tempfile::tempdir().unwrap();
+    let config = write_config(
+        dir.path(),
+        "[cluster]\nname = \"sn\"\nnodes = 2\n[application]\nimage = \"bee/base\"\n\
+         command = [\"true\"]\n[[platform]]\nbackend = \"vm\"\nhosts = \"slurm\"\n",
+    );
+    // A socat that runs for bee here but not in a job step on the other node, as on a
+    // cluster whose compute nodes lack it.
+    let bin = tempfile::tempdir().unwrap();
+    let wrapper = bin.path().join("socat");
+    std::fs::write(
+        &wrapper,
+        format!(
+            "#!/bin/sh\nif [ \"$SLURMD_NODENAME\" = {REMOTE_NODE} ]; then\n  \
+             echo \"socat: not found on $SLURMD_NODENAME\" >&2; exit 127\nfi\n\
+             exec /usr/bin/socat \"$@\"\n"
+        ),
+    )
+    .unwrap();
+    std::fs::set_permissions(&wrapper, std::os::unix::fs::PermissionsExt::from_mode(0o755))
+        .unwrap();
+    let path = format!("{}:{}", bin.path().display(), std::env::var("PATH").unwrap());
+
+    let output = slurm
+        .salloc_bee(&["--nodes=2"], env.state_dir(), &["up", config.to_str().unwrap()])
+        .env("PATH", path)
+        .output()
+        .unwrap();
+    assert_eq!(output.status.code(), Some(1), "{}", stderr(&output));
+    let err = stderr(&output);
+    let start = "bee: error: cannot start cluster sn: placing the nodes: vm: hosts = \"slurm\" \
+                 reaches each guest's QMP socket through socat on its node, and `srun socat -V` \
+                 on the allocation's nodes failed (exit status: 127): ";
+    assert!(err.starts_with(start), "{err}");
+    // The node's own words and srun's line naming it, in either order.
+    assert!(err.contains(&format!("1: socat: not found on {REMOTE_NODE}")), "{err}");
+    assert!(err.ends_with("; install it (Debian's socat) on every node\n"), "{err}");
+    assert!(!env.state_dir().join("clusters/sn").exists());
+    assert!(env.qemu_processes().is_empty());
+    assert_eq!(slurm.steps().trim(), "", "job steps left running");
 }
 
 #[test]
