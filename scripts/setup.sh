@@ -20,7 +20,8 @@ as_root() {
 }
 
 # program:package pairs; a package is installed when its program (or, for an absolute
-# path, that file) is missing. The font is the one `bee bench` draws its plots' text with.
+# path, that file) is missing. The font is the one `bee bench` draws its plots' text with;
+# python3 is read by pyo3 when the workspace builds the Python module (bee-py).
 needs=(
   qemu-system-x86_64:qemu-system-x86
   qemu-img:qemu-utils
@@ -28,6 +29,7 @@ needs=(
   mkfs.ext4:e2fsprogs
   ssh:openssh-client
   ssh-keygen:openssh-client
+  python3:python3
   /usr/share/fonts/truetype/dejavu/DejaVuSans.ttf:fonts-dejavu-core
 )
 if [ "$with_tests" = 1 ]; then

@@ -19,8 +19,9 @@ cargo test --locked -p bee-tests --lib --test cli
 # Real guests under software emulation: two cores carry about four guests before boots
 # slow down past bee's own deadlines, so single-guest tests run three at a time and
 # multi-node clusters one at a time.
-echo "test: single-guest tests" >&2
-cargo test --locked -p bee-tests --test vm -- --test-threads 3
+echo "test: single-guest tests, and the Python module" >&2
+cargo build --locked -p bee-py
+cargo test --locked -p bee-tests --test vm --test python -- --test-threads 3
 echo "test: multi-node clusters" >&2
 cargo test --locked -p bee-tests --test mpi --test checkpoint -- --test-threads 1
 # Benchmarks measure: one at a time, so that no other guest takes their CPU.

@@ -3,27 +3,23 @@
 //! This file parses the command line, sets up logging, calls the libraries and maps
 //! errors to exit codes; [`progress`] draws what the libraries report.
 
-mod progress;
-
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
-use std::sync::Arc;
 
 use anyhow::{anyhow, Context, Result};
-use bee_core::cluster::{self, ClusterBuilder};
-use bee_core::config::{BackendKind, Hosts, StorageMode};
+use bee_core::cluster;
 use bee_core::docker::OutputStream;
 use bee_core::events::Events;
 use bee_core::orchestrator::{Orchestrator, Platforms, RunOutcome};
 use bee_core::record::RecordStore;
-use bee_core::runs::RunStore;
-use bee_core::traits::{Backend, Storage};
 use bee_core::{paths, Config, CoreError};
-use bee_vm::{GuestImage, ImageInputs, VmBackend};
+use bee_vm::{GuestImage, ImageInputs};
 use clap::{Parser, Subcommand};
 
-use crate::progress::Progress;
+use bee_cli::compose::{self, VmPlatforms};
+use bee_cli::format_chain;
+use bee_cli::progress::Progress;
 
 /// Exit code of `bee run` when bee itself failed, so that it is not confused with the
 /// application's own codes.
@@ -178,22 +174,6 @@ fn init_logging(verbose: u8) {
         .init();
 }
 
-/// Prints an error with its causes once, without repeating a cause a message already holds.
-fn format_chain(err: &anyhow::Error) -> String {
-    let mut text = String::new();
-    for cause in err.chain() {
-        let message = cause.to_string();
-        if text.contains(&message) {
-            continue;
-        }
-        if !text.is_empty() {
-            text.push_str(": ");
-        }
-        text.push_str(&message);
-    }
-    text
-}
-
 async fn dispatch(command: RuntimeCommand) -> Result<ExitCode> {
     match command {
         RuntimeCommand::Image { command: ImageCommand::Build { force } } => {
@@ -255,106 +235,11 @@ fn image_show() -> Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-/// The cluster builder for `config`'s first platform: the VM backend, the network of
-/// `[network]` when there is more than one node, and the storage of `[storage]`.
-/// A builder for the cluster of `config` on its platform `index` (the first for `bee up`;
-/// a configuration without platforms runs on this machine).
-fn builder(config: &Config, index: usize) -> ClusterBuilder {
-    let hosts = config.platforms.get(index).map_or(Hosts::Local, |p| p.hosts.clone());
-    let backend = VmBackend::from_cache(paths::cache_dir(), ImageInputs::from_env());
-    let backend = Arc::new(backend.on_hosts(hosts));
-    let mut builder = ClusterBuilder::new(backend, paths::clusters_dir());
-    if config.nodes > 1 {
-        builder = builder.network(bee_net::for_mode(config.network.mode));
-    }
-    if let Some(spec) = &config.storage {
-        builder = builder.storage(bee_storage::for_mode(spec.mode));
-    }
-    builder
-}
-
-/// The platforms of this bee, for the orchestrator: every `[[platform]]` entry is the VM
-/// backend on its hosts; a Slurm platform is unavailable outside an allocation, a host
-/// list when one of its hosts does not answer over SSH.
-struct CliPlatforms;
-
-#[async_trait::async_trait]
-impl Platforms for CliPlatforms {
-    fn builder(&self, config: &Config, index: usize) -> Result<ClusterBuilder, CoreError> {
-        Ok(builder(config, index))
-    }
-
-    fn supports(&self, config: &Config, index: usize) -> Result<(), CoreError> {
-        match config.platforms.get(index).map(|p| p.backend) {
-            None | Some(BackendKind::Vm) => Ok(()),
-            Some(other) => Err(CoreError::Unsupported {
-                what: format!(
-                    "{}: platform[{index}].backend = {:?}",
-                    config.file.display(),
-                    other.name()
-                ),
-                instead: "this bee has only the VM backend (bee-aws and bee-chameleon are \
-                          placeholders); use backend = \"vm\""
-                    .to_string(),
-            }),
-        }
-    }
-
-    async fn unavailable(&self, config: &Config, index: usize) -> Option<String> {
-        match config.platforms.get(index).map(|p| &p.hosts) {
-            Some(Hosts::Slurm) => bee_vm::slurm::unavailable(),
-            Some(Hosts::List(entries)) => {
-                bee_vm::ssh_hosts::reach(entries).await.err().map(|e| e.to_string())
-            }
-            _ => None,
-        }
-    }
-
-    fn recorded(
-        &self,
-        store: &RecordStore,
-    ) -> Result<(Arc<dyn Backend>, Option<Box<dyn Storage>>), CoreError> {
-        let backend = recorded_backend(store).map_err(|e| CoreError::Unsupported {
-            what: format!("tearing down cluster {}", store.record().name),
-            instead: e.to_string(),
-        })?;
-        let storage = recorded_storage(store).map_err(|e| CoreError::Unsupported {
-            what: format!("collecting cluster {}", store.record().name),
-            instead: e.to_string(),
-        })?;
-        Ok((backend, storage))
-    }
-}
-
-/// The storage of a recorded cluster, for collecting its results at teardown.
-fn recorded_storage(store: &RecordStore) -> Result<Option<Box<dyn Storage>>> {
-    let Some(record) = &store.record().storage else { return Ok(None) };
-    let mode = StorageMode::from_name(&record.mode).ok_or_else(|| {
-        anyhow!(
-            "cluster {} uses storage {:?}, which this bee does not have",
-            store.record().name,
-            record.mode
-        )
-    })?;
-    Ok(Some(bee_storage::for_mode(mode)))
-}
-
-/// The backend that made a recorded cluster, for status and teardown.
-fn recorded_backend(store: &RecordStore) -> Result<Arc<dyn Backend>> {
-    match store.record().backend.as_str() {
-        "vm" => Ok(Arc::new(VmBackend::new())),
-        other => Err(anyhow!(
-            "cluster {} was made by backend {other:?}, which this bee does not have",
-            store.record().name
-        )),
-    }
-}
-
 async fn up(config_path: &Path) -> Result<ExitCode> {
     let config = Config::load(config_path)?;
-    CliPlatforms.supports(&config, 0)?;
+    VmPlatforms.supports(&config, 0)?;
     let progress = Progress::new();
-    let cluster = builder(&config, 0)
+    let cluster = compose::builder(&config, 0)
         .up(&config, &progress)
         .await
         .with_context(|| format!("cannot start cluster {}", config.name))?;
@@ -367,17 +252,10 @@ async fn up(config_path: &Path) -> Result<ExitCode> {
 }
 
 async fn run(config_path: &Path) -> Result<ExitCode> {
-    let config = Config::load(config_path)?;
-    if config.application.is_none() {
-        return Err(anyhow!(
-            "{}: [application] is missing: `bee run` needs an image and a command \
-             (`bee up` starts a cluster without one)",
-            config_path.display()
-        ));
-    }
+    let config = compose::load_for_run(config_path)?;
     let progress = Progress::new();
     let orchestrator =
-        Orchestrator::new(&CliPlatforms, &paths::state_dir(), paths::clusters_dir(), &progress)?;
+        Orchestrator::new(&VmPlatforms, &paths::state_dir(), paths::clusters_dir(), &progress)?;
     let name = config.name.clone();
     let mut output = write_output;
     let outcome = tokio::select! {
@@ -390,7 +268,7 @@ async fn run(config_path: &Path) -> Result<ExitCode> {
 async fn resume(name: &str) -> Result<ExitCode> {
     let progress = Progress::new();
     let orchestrator =
-        Orchestrator::new(&CliPlatforms, &paths::state_dir(), paths::clusters_dir(), &progress)?;
+        Orchestrator::new(&VmPlatforms, &paths::state_dir(), paths::clusters_dir(), &progress)?;
     let mut output = write_output;
     let outcome = tokio::select! {
         outcome = orchestrator.resume(name, &mut output) => Some(outcome),
@@ -432,49 +310,16 @@ fn write_output(stream: OutputStream, bytes: &[u8]) {
 async fn discard(name: &str) -> Result<ExitCode> {
     let progress = Progress::new();
     let orchestrator =
-        Orchestrator::new(&CliPlatforms, &paths::state_dir(), paths::clusters_dir(), &progress)?;
+        Orchestrator::new(&VmPlatforms, &paths::state_dir(), paths::clusters_dir(), &progress)?;
     orchestrator.discard(name).await?;
     progress.message(&format!("run {name} and its checkpoint are deleted"));
     Ok(ExitCode::SUCCESS)
 }
 
 async fn status(json: bool) -> Result<ExitCode> {
-    let clusters_dir = paths::clusters_dir();
-    let mut clusters = Vec::new();
-    for name in RecordStore::list(&clusters_dir)? {
-        let store = RecordStore::open(&clusters_dir, &name)?;
-        let health = match recorded_backend(&store) {
-            Ok(backend) => backend.health(&store).await,
-            Err(_) => Vec::new(),
-        };
-        let record = store.record();
-        let nodes: Vec<serde_json::Value> = record
-            .nodes
-            .iter()
-            .map(|node| {
-                let h = health.iter().find(|h| h.node == node.name);
-                serde_json::json!({
-                    "name": node.name,
-                    "ssh_port": node.ssh.as_ref().map(|s| s.port),
-                    "alive": h.map(|h| h.alive),
-                    "detail": h.map(|h| h.detail.clone()),
-                })
-            })
-            .collect();
-        clusters.push(serde_json::json!({
-            "name": record.name,
-            "backend": record.backend,
-            "phase": record.phase,
-            "config": record.config,
-            "created": record.created,
-            "notes": record.notes,
-            "directory": store.dir(),
-            "nodes": nodes,
-        }));
-    }
-    let runs = RunStore::open(&paths::state_dir())?.list()?;
+    let compose::Status { clusters, runs } = compose::status().await?;
     if json {
-        let report = serde_json::json!({ "version": 1, "clusters": clusters, "runs": runs });
+        let report = compose::Status { clusters, runs }.to_json();
         println!("{}", serde_json::to_string_pretty(&report)?);
         return Ok(ExitCode::SUCCESS);
     }
@@ -555,8 +400,8 @@ fn ssh(cluster: &str, node: Option<&str>, command: &[String]) -> Result<ExitCode
 
 async fn down(cluster: &str) -> Result<ExitCode> {
     let store = RecordStore::open(&paths::clusters_dir(), cluster)?;
-    let backend = recorded_backend(&store)?;
-    let storage = recorded_storage(&store)?;
+    let backend = compose::recorded_backend(&store)?;
+    let storage = compose::recorded_storage(&store)?;
     let progress = Progress::new();
     cluster::teardown(backend.as_ref(), store, storage.as_deref(), &progress)
         .await

@@ -21,6 +21,12 @@ impl Progress {
     }
 }
 
+impl Default for Progress {
+    fn default() -> Progress {
+        Progress::new()
+    }
+}
+
 impl Events for Progress {
     fn event(&self, event: Event) {
         let Ok(mut current) = self.current.lock() else { return };

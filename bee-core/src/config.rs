@@ -758,8 +758,8 @@ impl Checker<'_> {
         let names = BackendKind::ALL.map(|(_, name)| name);
         let text = raw.backend.as_deref().ok_or_else(|| {
             self.section(
-                &format!("[platform]] entry {index}"),
-                &format!("no backend given: add backend = {}", one_of(&names)),
+                "platform",
+                &format!("entry {index} has no backend: add backend = \"vm\" ({})", one_of(&names)),
             )
         })?;
         let backend = BackendKind::ALL
@@ -1249,6 +1249,18 @@ mod tests {
             error("[cluster]\nname = \"a\"\nnodes = 1\n[[platform]]\nbackend = \"gcp\"\n"),
             "/cfg/bee.toml: platform[0].backend = \"gcp\": expected one of \"vm\", \"aws\", \
              \"chameleon\""
+        );
+    }
+
+    #[test]
+    fn platform_without_backend() {
+        assert_eq!(
+            error(
+                "[cluster]\nname = \"a\"\nnodes = 1\n[[platform]]\nbackend = \"vm\"\n\
+                 [[platform]]\nhosts = \"slurm\"\n"
+            ),
+            "/cfg/bee.toml: [platform]: entry 1 has no backend: add backend = \"vm\" (expected \
+             one of \"vm\", \"aws\", \"chameleon\")"
         );
     }
 

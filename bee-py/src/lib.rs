@@ -1,5 +1,354 @@
-//! Python bindings for bee, to be built with pyo3 as the `bee` module.
+//! The `bee` Python module: what the `bee` command line does, as functions.
 //!
-//! # Limitations
+//! ```python
+//! import bee
+//! bee.check("bee.toml")              # the validated configuration, as a dict
+//! code = bee.run("bee.toml")         # the application's exit code
+//! bee.up("bee.toml"); bee.down("hello")
+//! bee.status()                       # what `bee status --json` prints, as a dict
+//! ```
 //!
-//! Nothing is exposed to Python yet; use the `bee` command line or the Rust crates.
+//! Every call blocks until bee is done, with the interpreter's lock released, so other
+//! Python threads go on. Ctrl-C (`KeyboardInterrupt`) during `run` or `resume` tears the
+//! cluster down, as it does for the command line, and `resume` continues later. Progress
+//! goes to stderr as the command line prints it; the application's output goes to
+//! `sys.stdout` and `sys.stderr`, or to a callable given as `output`.
+//!
+//! Build it with `cargo build -p bee-py --release` and put
+//! `target/release/libbee.so` on Python's path as `bee.so` (`scripts/python-module.sh`
+//! does both). Python 3.8 or later (the stable ABI).
+
+// pyo3's macros expand to the unsafe calls into Python's C API that they wrap.
+#![allow(unsafe_code)]
+
+use std::future::Future;
+use std::path::PathBuf;
+use std::sync::{Mutex, OnceLock};
+use std::time::Duration;
+
+use bee_cli::compose::{self, NoApplication, VmPlatforms};
+use bee_cli::format_chain;
+use bee_cli::progress::Progress;
+use bee_core::config::{ConfigError as BadConfig, Hosts};
+use bee_core::docker::OutputStream;
+use bee_core::orchestrator::{Orchestrator, Platforms, RunOutcome};
+use bee_core::record::RecordStore;
+use bee_core::{paths, Config, CoreError};
+use pyo3::exceptions::{PyException, PyKeyboardInterrupt};
+use pyo3::prelude::*;
+use pyo3::types::{PyBytes, PyDict};
+
+pyo3::create_exception!(bee, Error, PyException, "bee failed; the message says why.");
+pyo3::create_exception!(
+    bee,
+    ConfigError,
+    Error,
+    "A bee.toml that bee cannot use; the message names the file and the entry."
+);
+pyo3::create_exception!(
+    bee,
+    Waiting,
+    Error,
+    "The application was checkpointed and no platform is left: `bee.resume(name)` continues."
+);
+
+/// How often a blocking call looks for a signal (Ctrl-C) sent to Python.
+const SIGNAL_POLL: Duration = Duration::from_millis(100);
+
+/// The async runtime every call runs on; made at the first call.
+fn runtime() -> PyResult<&'static tokio::runtime::Runtime> {
+    static RUNTIME: OnceLock<tokio::runtime::Runtime> = OnceLock::new();
+    if let Some(runtime) = RUNTIME.get() {
+        return Ok(runtime);
+    }
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| Error::new_err(format!("cannot start the async runtime: {e}")))?;
+    Ok(RUNTIME.get_or_init(|| runtime))
+}
+
+/// Turns an error of the libraries into the Python exception of its kind.
+fn to_py(err: anyhow::Error) -> PyErr {
+    let message = format_chain(&err);
+    let is_config = err.chain().any(|cause| {
+        cause.is::<BadConfig>()
+            || cause.is::<NoApplication>()
+            || matches!(cause.downcast_ref::<CoreError>(), Some(CoreError::Config(_)))
+    });
+    if is_config {
+        ConfigError::new_err(message)
+    } else {
+        Error::new_err(message)
+    }
+}
+
+/// Runs `future` to its end with the interpreter's lock released.
+fn block_on<T: Send>(py: Python<'_>, future: impl Future<Output = T> + Send) -> PyResult<T> {
+    let runtime = runtime()?;
+    Ok(py.detach(|| runtime.block_on(future)))
+}
+
+/// Runs `future` with the interpreter's lock released until it ends or Python reports a
+/// signal (Ctrl-C raises `KeyboardInterrupt`, in bee's wait or in the output callable);
+/// `Err` holds that exception.
+fn block_on_interruptible<T: Send>(
+    py: Python<'_>,
+    output: &Output,
+    future: impl Future<Output = T> + Send,
+) -> PyResult<Result<T, PyErr>> {
+    let runtime = runtime()?;
+    Ok(py.detach(|| {
+        runtime.block_on(async {
+            tokio::pin!(future);
+            let mut ticks = tokio::time::interval(SIGNAL_POLL);
+            loop {
+                tokio::select! {
+                    value = &mut future => return Ok(value),
+                    _ = ticks.tick() => {
+                        if let Some(err) = output.take_interrupt() {
+                            return Err(err);
+                        }
+                        Python::attach(|py| py.check_signals())?;
+                    }
+                }
+            }
+        })
+    }))
+}
+
+/// Where the application's output goes: a Python callable, or `sys.stdout` and
+/// `sys.stderr`. The first exception a callable raises is kept, the rest of the output
+/// dropped, and the exception raised once the run has ended.
+struct Output {
+    callback: Option<Py<PyAny>>,
+    failed: Mutex<Option<PyErr>>,
+}
+
+impl Output {
+    fn new(callback: Option<Py<PyAny>>) -> Output {
+        Output { callback, failed: Mutex::new(None) }
+    }
+
+    fn write(&self, stream: OutputStream, bytes: &[u8]) {
+        let Ok(mut failed) = self.failed.lock() else { return };
+        if failed.is_some() {
+            return;
+        }
+        let name = match stream {
+            OutputStream::Stdout => "stdout",
+            OutputStream::Stderr => "stderr",
+        };
+        let result = Python::attach(|py| -> PyResult<()> {
+            match &self.callback {
+                Some(callback) => {
+                    callback.call1(py, (name, PyBytes::new(py, bytes)))?;
+                }
+                None => {
+                    let file = py.import("sys")?.getattr(name)?;
+                    file.call_method1("write", (String::from_utf8_lossy(bytes),))?;
+                    file.call_method0("flush")?;
+                }
+            }
+            Ok(())
+        });
+        if let Err(err) = result {
+            *failed = Some(err);
+        }
+    }
+
+    /// The exception the callable raised, if it did.
+    fn take_failure(&self) -> Option<PyErr> {
+        self.failed.lock().ok().and_then(|mut failed| failed.take())
+    }
+
+    /// The `KeyboardInterrupt` that Ctrl-C raised inside the callable, if it did: Python
+    /// runs its signal handlers wherever its code runs, so the interrupt can land there.
+    fn take_interrupt(&self) -> Option<PyErr> {
+        let mut failed = self.failed.lock().ok()?;
+        let interrupted = Python::attach(|py| {
+            failed.as_ref().is_some_and(|err| err.is_instance_of::<PyKeyboardInterrupt>(py))
+        });
+        interrupted.then(|| failed.take()).flatten()
+    }
+}
+
+/// Reads and validates a bee.toml without starting anything.
+///
+/// Returns the configuration as a dict: name, nodes, cpus, memory_mib, network, storage
+/// (None without [storage]), image (None without [application]) and platforms (backend,
+/// hosts and time_slot_s of each, highest priority first). Raises bee.ConfigError naming
+/// the file and entry that are wrong, bee.Error for a platform whose backend this bee
+/// lacks.
+#[pyfunction]
+fn check(py: Python<'_>, config: PathBuf) -> PyResult<Py<PyDict>> {
+    let config = Config::load(&config).map_err(|e| to_py(e.into()))?;
+    for index in 0..config.platforms.len() {
+        VmPlatforms.supports(&config, index).map_err(|e| to_py(e.into()))?;
+    }
+    let dict = PyDict::new(py);
+    dict.set_item("name", &config.name)?;
+    dict.set_item("nodes", config.nodes)?;
+    dict.set_item("cpus", config.hardware.cpus)?;
+    dict.set_item("memory_mib", config.hardware.memory_mib)?;
+    dict.set_item("network", config.network.mode.name())?;
+    dict.set_item("storage", config.storage.as_ref().map(|s| s.mode.name()))?;
+    dict.set_item("image", config.application.as_ref().map(|a| a.image.clone()))?;
+    let mut platforms = Vec::new();
+    for platform in &config.platforms {
+        let entry = PyDict::new(py);
+        entry.set_item("backend", platform.backend.name())?;
+        match &platform.hosts {
+            Hosts::Local => entry.set_item("hosts", "local")?,
+            Hosts::Slurm => entry.set_item("hosts", "slurm")?,
+            Hosts::List(names) => entry.set_item("hosts", names.clone())?,
+        }
+        entry.set_item("time_slot_s", platform.time_slot.map(|slot| slot.as_secs_f64()))?;
+        platforms.push(entry);
+    }
+    dict.set_item("platforms", platforms)?;
+    Ok(dict.unbind())
+}
+
+/// Starts the cluster a bee.toml describes on its first platform and leaves it running.
+///
+/// Returns the cluster's name, for `bee.down` (or `bee ssh NAME` on the command line).
+#[pyfunction]
+fn up(py: Python<'_>, config: PathBuf) -> PyResult<String> {
+    let config = Config::load(&config).map_err(|e| to_py(e.into()))?;
+    VmPlatforms.supports(&config, 0).map_err(|e| to_py(e.into()))?;
+    block_on(py, async {
+        let progress = Progress::new();
+        let cluster = compose::builder(&config, 0).up(&config, &progress).await.map_err(|e| {
+            anyhow::Error::from(e).context(format!("cannot start cluster {}", config.name))
+        })?;
+        let name = cluster.name().to_string();
+        cluster.detach().await;
+        anyhow::Ok(name)
+    })?
+    .map_err(to_py)
+}
+
+/// Starts the cluster, runs the application through the platforms of the bee.toml, and
+/// tears the cluster down.
+///
+/// Returns the application's exit code. `output(stream, data)`, if given, receives the
+/// application's output ("stdout" or "stderr", bytes) as it comes. Raises bee.Waiting when
+/// the application was checkpointed and no platform is left, KeyboardInterrupt after
+/// tearing the cluster down on Ctrl-C.
+#[pyfunction]
+#[pyo3(signature = (config, output = None))]
+fn run(py: Python<'_>, config: PathBuf, output: Option<Py<PyAny>>) -> PyResult<i64> {
+    let config = compose::load_for_run(&config).map_err(to_py)?;
+    let name = config.name.clone();
+    drive(py, &name, output, |orchestrator, sink| {
+        Box::pin(async move { orchestrator.start(&config, sink).await })
+    })
+}
+
+/// Continues a run from its last completed step: after a crash, a Ctrl-C, or a checkpoint
+/// that found no platform left. Returns and raises as `run` does.
+#[pyfunction]
+#[pyo3(signature = (name, output = None))]
+fn resume(py: Python<'_>, name: String, output: Option<Py<PyAny>>) -> PyResult<i64> {
+    let run_name = name.clone();
+    drive(py, &name, output, |orchestrator, sink| {
+        Box::pin(async move { orchestrator.resume(&run_name, sink).await })
+    })
+}
+
+/// A run's future, borrowing the orchestrator and the output sink.
+type RunFuture<'a> =
+    std::pin::Pin<Box<dyn Future<Output = Result<RunOutcome, CoreError>> + Send + 'a>>;
+
+/// The output sink the orchestrator writes the application's output into.
+type Sink<'a> = &'a mut (dyn FnMut(OutputStream, &[u8]) + Send);
+
+/// Runs `start` (a run or a resume) under an orchestrator of this bee, watching for
+/// Ctrl-C, and turns its outcome into the exit code or the exception.
+fn drive(
+    py: Python<'_>,
+    name: &str,
+    output: Option<Py<PyAny>>,
+    start: impl for<'a> FnOnce(&'a Orchestrator<'a>, Sink<'a>) -> RunFuture<'a> + Send,
+) -> PyResult<i64> {
+    let output = Output::new(output);
+    let progress = Progress::new();
+    let orchestrator =
+        Orchestrator::new(&VmPlatforms, &paths::state_dir(), paths::clusters_dir(), &progress)
+            .map_err(|e| to_py(e.into()))?;
+    let mut sink = |stream: OutputStream, bytes: &[u8]| output.write(stream, bytes);
+    let outcome = block_on_interruptible(py, &output, start(&orchestrator, &mut sink))?;
+    let outcome = match outcome {
+        Ok(outcome) => outcome,
+        Err(interrupt) => {
+            block_on(py, orchestrator.interrupted(name))?.map_err(|e| to_py(e.into()))?;
+            return Err(interrupt);
+        }
+    };
+    if let Some(err) = output.take_failure() {
+        return Err(err);
+    }
+    match outcome.map_err(|e| to_py(e.into()))? {
+        RunOutcome::Completed(code) => Ok(code),
+        RunOutcome::Waiting { data } => Err(Waiting::new_err(format!(
+            "run {name} was checkpointed and no platform is left: its checkpoint is in {}; \
+             bee.resume({name:?}) continues",
+            data.display()
+        ))),
+    }
+}
+
+/// Deletes a run that has not completed, its checkpoint and any cluster it left.
+#[pyfunction]
+fn discard(py: Python<'_>, name: String) -> PyResult<()> {
+    let progress = Progress::new();
+    let orchestrator =
+        Orchestrator::new(&VmPlatforms, &paths::state_dir(), paths::clusters_dir(), &progress)
+            .map_err(|e| to_py(e.into()))?;
+    block_on(py, orchestrator.discard(&name))?.map_err(|e| to_py(e.into()))
+}
+
+/// Stops a cluster and removes everything it left on this host.
+#[pyfunction]
+fn down(py: Python<'_>, name: String) -> PyResult<()> {
+    block_on(py, async {
+        let store = RecordStore::open(&paths::clusters_dir(), &name)?;
+        let backend = compose::recorded_backend(&store)?;
+        let storage = compose::recorded_storage(&store)?;
+        let progress = Progress::new();
+        bee_core::cluster::teardown(backend.as_ref(), store, storage.as_deref(), &progress)
+            .await
+            .map_err(|e| anyhow::Error::from(e).context(format!("cannot tear down cluster {name}")))
+    })?
+    .map_err(to_py)
+}
+
+/// Every cluster with its nodes' health and every run with its phase: the dict that
+/// `bee status --json` prints (key "version" = 1, "clusters", "runs").
+#[pyfunction]
+fn status(py: Python<'_>) -> PyResult<Py<PyAny>> {
+    let report = block_on(py, compose::status())?.map_err(to_py)?;
+    let text = serde_json::to_string(&report.to_json())
+        .map_err(|e| Error::new_err(format!("cannot encode the status: {e}")))?;
+    Ok(py.import("json")?.call_method1("loads", (text,))?.unbind())
+}
+
+/// The `bee` module.
+#[pymodule]
+#[pyo3(name = "bee")]
+fn bee_module(m: &Bound<'_, PyModule>) -> PyResult<()> {
+    let py = m.py();
+    m.add("__version__", env!("CARGO_PKG_VERSION"))?;
+    m.add("Error", py.get_type::<Error>())?;
+    m.add("ConfigError", py.get_type::<ConfigError>())?;
+    m.add("Waiting", py.get_type::<Waiting>())?;
+    m.add_function(wrap_pyfunction!(check, m)?)?;
+    m.add_function(wrap_pyfunction!(up, m)?)?;
+    m.add_function(wrap_pyfunction!(run, m)?)?;
+    m.add_function(wrap_pyfunction!(resume, m)?)?;
+    m.add_function(wrap_pyfunction!(discard, m)?)?;
+    m.add_function(wrap_pyfunction!(down, m)?)?;
+    m.add_function(wrap_pyfunction!(status, m)?)?;
+    Ok(())
+}

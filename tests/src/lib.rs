@@ -33,6 +33,45 @@ pub fn bee_binary() -> PathBuf {
     bee
 }
 
+/// The `bee` Python module built from this workspace (`libbee.so` of bee-py), or
+/// `BEE_PY_MODULE`.
+pub fn bee_python_module() -> PathBuf {
+    if let Some(path) = std::env::var_os("BEE_PY_MODULE") {
+        return PathBuf::from(path);
+    }
+    let exe = std::env::current_exe().expect("the test binary has a path");
+    let target = exe.parent().and_then(Path::parent).expect("tests run from target/<profile>/deps");
+    let module = target.join("libbee.so");
+    assert!(
+        module.is_file(),
+        "{} is missing: build it with `cargo build -p bee-py` (scripts/test.sh does) or set \
+         BEE_PY_MODULE",
+        module.display()
+    );
+    module
+}
+
+/// A directory that holds the `bee` Python module as `bee.so`, for `PYTHONPATH`.
+pub struct PythonPath {
+    dir: tempfile::TempDir,
+}
+
+impl PythonPath {
+    /// Links the module built from this workspace in as `bee.so`.
+    pub fn new() -> PythonPath {
+        let dir = tempfile::Builder::new().prefix("bee-py-").tempdir().expect("temp dir");
+        std::os::unix::fs::symlink(bee_python_module(), dir.path().join("bee.so"))
+            .expect("link bee.so");
+        PythonPath { dir }
+    }
+}
+
+impl Default for PythonPath {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
 /// An isolated bee state directory; tears down every cluster left in it when dropped.
 pub struct BeeEnv {
     state: tempfile::TempDir,
@@ -60,6 +99,25 @@ impl BeeEnv {
     pub fn command(&self, args: &[&str]) -> Command {
         let mut command = Command::new(bee_binary());
         command.args(args).env("BEE_STATE_DIR", self.state.path()).stdin(Stdio::null());
+        command
+    }
+
+    /// `python3 -c SCRIPT ARGS...` in this environment, with the `bee` module of `path`
+    /// importable. Fails the test, saying what to install, when python3 is missing.
+    pub fn python(&self, path: &PythonPath, script: &str, args: &[&str]) -> Command {
+        let found = Command::new("python3").arg("--version").output();
+        assert!(
+            found.is_ok_and(|o| o.status.success()),
+            "python3 is missing: install Python 3.8 or later (Debian: apt install python3)"
+        );
+        let mut command = Command::new("python3");
+        command
+            .arg("-c")
+            .arg(script)
+            .args(args)
+            .env("PYTHONPATH", path.dir.path())
+            .env("BEE_STATE_DIR", self.state.path())
+            .stdin(Stdio::null());
         command
     }
 

@@ -1,0 +1,224 @@
+//! The `bee` Python module (bee-py), imported by python3 as a user would: bad input raises
+//! bee's exceptions with bee's messages, a run hands the application's output to a
+//! callable and returns its exit code, and Ctrl-C tears the cluster down. The guest tests
+//! need the guest image, which `scripts/test.sh` builds when it is missing.
+
+use std::io::{BufRead, BufReader};
+use std::process::Stdio;
+use std::sync::mpsc;
+use std::time::Duration;
+
+use bee_tests::{
+    repo_root, stderr, stdout, wait_with_timeout, write_config, BeeEnv, PythonPath, COMMAND_TIMEOUT,
+};
+
+/// Prints `NAME: MESSAGE` for the exception each bad call raises, and the results of the
+/// good ones.
+const BAD_INPUT: &str = r#"
+import sys, bee
+calls = [
+    ("missing file", lambda: bee.check(sys.argv[1] + "/absent.toml")),
+    ("zero nodes", lambda: bee.check(sys.argv[1] + "/zero.toml")),
+    ("aws backend", lambda: bee.check(sys.argv[1] + "/aws.toml")),
+    ("no backend", lambda: bee.check(sys.argv[1] + "/nobackend.toml")),
+    ("run without application", lambda: bee.run(sys.argv[1] + "/noapp.toml")),
+    ("up of aws", lambda: bee.up(sys.argv[1] + "/aws.toml")),
+    ("down unknown", lambda: bee.down("nosuch")),
+    ("resume unknown", lambda: bee.resume("nosuch")),
+    ("discard unknown", lambda: bee.discard("nosuch")),
+    ("not a path", lambda: bee.check(3)),
+]
+for what, call in calls:
+    try:
+        call()
+        print(f"{what}: no exception")
+    except Exception as err:
+        kind = type(err).__name__
+        base = "bee.Error" if isinstance(err, bee.Error) else "other"
+        print(f"{what}: {kind} ({base}): {err}")
+print("check:", bee.check(sys.argv[1] + "/noapp.toml"))
+print("status:", bee.status())
+"#;
+
+#[test]
+fn bad_input_from_python_raises_bee_exceptions_that_name_it() {
+    let env = BeeEnv::new();
+    let python = PythonPath::new();
+    let dir = tempfile::tempdir().unwrap();
+    let file = |name: &str, text: &str| std::fs::write(dir.path().join(name), text).unwrap();
+    file("zero.toml", "[cluster]\nname = \"zero\"\nnodes = 0\n");
+    file(
+        "nobackend.toml",
+        "[cluster]\nname = \"nb\"\nnodes = 1\n[[platform]]\nhosts = \"local\"\n",
+    );
+    file("aws.toml", "[cluster]\nname = \"aws\"\nnodes = 1\n[[platform]]\nbackend = \"aws\"\n");
+    file(
+        "noapp.toml",
+        "[cluster]\nname = \"noapp\"\nnodes = 2\n[storage]\nmode = \"data-image-nfs\"\n\
+         [[platform]]\nbackend = \"vm\"\nhosts = \"local\"\ntime_slot = \"20m\"\n",
+    );
+    let child = env
+        .python(&python, BAD_INPUT, &[dir.path().to_str().unwrap()])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("python3 starts");
+    let output = wait_with_timeout(child, Duration::from_secs(60), "python3");
+    let (out, err) = (stdout(&output), stderr(&output));
+    assert!(output.status.success(), "stdout:\n{out}\nstderr:\n{err}");
+    let d = dir.path().display();
+    for expected in [
+        format!("missing file: ConfigError (bee.Error): cannot read {d}/absent.toml"),
+        format!(
+            "zero nodes: ConfigError (bee.Error): {d}/zero.toml: cluster.nodes = 0: expected a \
+             whole number from 1 to 64"
+        ),
+        format!("aws backend: Error (bee.Error): {d}/aws.toml: platform[0].backend = \"aws\""),
+        format!(
+            "no backend: ConfigError (bee.Error): {d}/nobackend.toml: [platform]: entry 0 has no \
+             backend: add backend = \"vm\""
+        ),
+        format!("run without application: ConfigError (bee.Error): {d}/noapp.toml: [application] is missing"),
+        format!("up of aws: Error (bee.Error): {d}/aws.toml: platform[0].backend = \"aws\""),
+        "down unknown: Error (bee.Error): no cluster named \"nosuch\"".to_string(),
+        "resume unknown: Error (bee.Error): no run named \"nosuch\"".to_string(),
+        "discard unknown: Error (bee.Error): no run named \"nosuch\"".to_string(),
+        "not a path: TypeError (other): argument 'config': expected str, bytes or os.PathLike"
+            .to_string(),
+        "check: {'name': 'noapp', 'nodes': 2, 'cpus': 1, 'memory_mib': 1024, 'network': \
+         'p2p-tree', 'storage': 'data-image-nfs', 'image': None, 'platforms': [{'backend': 'vm', \
+         'hosts': 'local', 'time_slot_s': 1200.0}]}"
+            .to_string(),
+        "status: {'clusters': [], 'runs': [], 'version': 1}".to_string(),
+    ] {
+        assert!(out.lines().any(|line| line.starts_with(&expected)), "{expected:?} in:\n{out}");
+    }
+    env.assert_no_cluster_left();
+}
+
+/// Runs a bee.toml, collecting the application's output through a callable, and prints the
+/// exit code, the output and what `bee.status()` says afterwards.
+const RUN: &str = r#"
+import sys, bee
+chunks = []
+code = bee.run(sys.argv[1], output=lambda stream, data: chunks.append((stream, data)))
+print("exit code:", code)
+print("stdout:", repr(b"".join(d for s, d in chunks if s == "stdout").decode()))
+status = bee.status()
+print("clusters:", len(status["clusters"]))
+print("runs:", [(r["name"], r["phase"]) for r in status["runs"]])
+"#;
+
+#[test]
+fn run_from_python_returns_the_exit_code_and_hands_the_output_to_a_callable() {
+    let env = BeeEnv::new();
+    let python = PythonPath::new();
+    let config = repo_root().join("examples/hello/bee.toml");
+    let child = env
+        .python(&python, RUN, &[config.to_str().unwrap()])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("python3 starts");
+    let output = wait_with_timeout(child, COMMAND_TIMEOUT, "bee.run from python3");
+    let (out, err) = (stdout(&output), stderr(&output));
+    assert!(output.status.success(), "stdout:\n{out}\nstderr:\n{err}");
+    assert!(out.contains("exit code: 0\n"), "{out}");
+    assert!(out.contains("hello from a container on hello-0\\n"), "{out}");
+    assert!(out.contains("MPI rank 0 of 2\\nMPI rank 1 of 2\\n"), "{out}");
+    assert!(out.contains("clusters: 0\nruns: [('hello', 'completed')]\n"), "{out}");
+    // bee's progress goes to stderr, as the command line prints it.
+    assert!(err.contains("bee: running bee/hello:latest on platform 0"), "{err}");
+    env.assert_no_cluster_left();
+}
+
+/// Runs a bee.toml whose application never ends, printing its output as it comes; on
+/// KeyboardInterrupt prints what `bee.status()` says, discards the run and says that too.
+const INTERRUPTED: &str = r#"
+import sys, bee
+def show(stream, data):
+    sys.stdout.write(data.decode())
+    sys.stdout.flush()
+try:
+    bee.run(sys.argv[1], output=show)
+    print("not interrupted")
+except KeyboardInterrupt:
+    print("KeyboardInterrupt")
+    status = bee.status()
+    print("clusters:", len(status["clusters"]))
+    print("runs:", [(r["name"], r["phase"], r["detail"]) for r in status["runs"]])
+    bee.discard("pyint")
+    print("runs after discard:", len(bee.status()["runs"]))
+"#;
+
+#[test]
+fn ctrl_c_in_python_tears_the_cluster_down_and_the_run_can_be_discarded() {
+    let env = BeeEnv::new();
+    let python = PythonPath::new();
+    let dir = tempfile::tempdir().unwrap();
+    let tag = "bee-test/busybox:py";
+    bee_tests::write_docker_archive(
+        &dir.path().join("app.tar"),
+        tag,
+        &bee_tests::busybox_layer(),
+        &["/bin/sh"],
+    );
+    let config = write_config(
+        dir.path(),
+        &format!(
+            "[cluster]\nname = \"pyint\"\nnodes = 1\n[application]\ntarball = \"app.tar\"\n\
+             tag = \"{tag}\"\ncommand = [\"/bin/busybox\", \"sh\", \"-c\", \
+             \"echo started; exec /bin/busybox sleep 600\"]\n"
+        ),
+    );
+    let mut child = env
+        .python(&python, INTERRUPTED, &[config.to_str().unwrap()])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("python3 starts");
+    let (lines, seen) = mpsc::channel();
+    let reader = BufReader::new(child.stdout.take().expect("piped stdout"));
+    let forward = std::thread::spawn(move || {
+        let mut all = String::new();
+        for line in reader.lines().map_while(Result::ok) {
+            all.push_str(&line);
+            all.push('\n');
+            let _ = lines.send(line);
+        }
+        all
+    });
+    let started = loop {
+        match seen.recv_timeout(COMMAND_TIMEOUT) {
+            Ok(line) if line == "started" => break true,
+            Ok(_) => continue,
+            Err(_) => break false,
+        }
+    };
+    if !started {
+        let _ = child.kill();
+    }
+    assert!(
+        started,
+        "the application never printed `started`: {}",
+        stderr(&child.wait_with_output().unwrap())
+    );
+    assert_eq!(env.qemu_processes().len(), 1, "one guest runs the application");
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(child.id() as i32),
+        nix::sys::signal::Signal::SIGINT,
+    )
+    .expect("SIGINT to python3");
+    let output = wait_with_timeout(child, COMMAND_TIMEOUT, "python3 after Ctrl-C");
+    let out = forward.join().expect("the reader thread");
+    let err = stderr(&output);
+    assert!(output.status.success(), "stdout:\n{out}\nstderr:\n{err}");
+    assert!(
+        out.ends_with(
+            "started\nKeyboardInterrupt\nclusters: 0\nruns: [('pyint', 'failed', 'interrupted')]\n\
+             runs after discard: 0\n"
+        ),
+        "stdout:\n{out}\nstderr:\n{err}"
+    );
+    env.assert_no_cluster_left();
+}
