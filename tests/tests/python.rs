@@ -222,3 +222,68 @@ fn ctrl_c_in_python_tears_the_cluster_down_and_the_run_can_be_discarded() {
     );
     env.assert_no_cluster_left();
 }
+
+/// Runs a bee.toml whose only platform's time slot ends in a checkpoint, prints what
+/// bee.Waiting says, then resumes from a file without the slot and prints the exit code.
+const WAITING: &str = r#"
+import sys, bee
+show = lambda stream, data: print(stream, data.decode().strip(), flush=True)
+try:
+    bee.run(sys.argv[1], output=show)
+    print("not waiting")
+except bee.Waiting as err:
+    print("Waiting:", err)
+    print("phase:", [r["phase"] for r in bee.status()["runs"]])
+text = open(sys.argv[1]).read().replace('time_slot = "40s"\n', "")
+open(sys.argv[1], "w").write(text)
+print("resumed exit code:", bee.resume("pywait", output=show))
+print("phase:", [r["phase"] for r in bee.status()["runs"]])
+"#;
+
+#[test]
+fn a_run_from_python_that_waits_for_a_platform_raises_waiting_and_resumes() {
+    let env = BeeEnv::new();
+    let python = PythonPath::new();
+    let dir = tempfile::tempdir().unwrap();
+    let tag = "bee-test/busybox:wait";
+    bee_tests::write_docker_archive(
+        &dir.path().join("app.tar"),
+        tag,
+        &bee_tests::busybox_layer(),
+        &["/bin/sh"],
+    );
+    // Waits for the checkpoint request, saves its state and exits; started again with a
+    // saved state, prints it and ends.
+    let app = "b=/bin/busybox; s=/bee/shared; if $b test -f $s/state; then echo restored \
+               $($b cat $s/state); exit 0; fi; echo started; while ! $b test -f \
+               $s/checkpoint-now; do $b sleep 0.2; done; echo saved > $s/state";
+    let config = write_config(
+        dir.path(),
+        &format!(
+            "[cluster]\nname = \"pywait\"\nnodes = 1\n[storage]\nmode = \"virtio-9p\"\n\
+             [application]\ntarball = \"app.tar\"\ntag = \"{tag}\"\n\
+             command = [\"/bin/busybox\", \"sh\", \"-c\", \"{app}\"]\n\
+             [checkpoint]\ncommand = [\"/bin/busybox\", \"touch\", \"/bee/shared/checkpoint-now\"]\n\
+             timeout = \"1m\"\nmargin = \"10s\"\n\
+             [[platform]]\nbackend = \"vm\"\ntime_slot = \"40s\"\n"
+        ),
+    );
+    let child = env
+        .python(&python, WAITING, &[config.to_str().unwrap()])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("python3 starts");
+    let output = wait_with_timeout(child, COMMAND_TIMEOUT, "bee.run and bee.resume from python3");
+    let (out, err) = (stdout(&output), stderr(&output));
+    assert!(output.status.success(), "stdout:\n{out}\nstderr:\n{err}");
+    let data = env.state_dir().join("runs/pywait/data");
+    let expected = format!(
+        "stdout started\nWaiting: run pywait was checkpointed and no platform is left: its \
+         checkpoint is in {}; bee.resume(\"pywait\") continues\nphase: ['waiting']\n\
+         stdout restored saved\nresumed exit code: 0\nphase: ['completed']\n",
+        data.display()
+    );
+    assert_eq!(out, expected, "stderr:\n{err}");
+    env.assert_no_cluster_left();
+}
