@@ -11,8 +11,9 @@
 //! Every call blocks until bee is done, with the interpreter's lock released, so other
 //! Python threads go on. Ctrl-C (`KeyboardInterrupt`) during `run` or `resume` tears the
 //! cluster down, as it does for the command line, and `resume` continues later. Progress
-//! goes to stderr as the command line prints it; the application's output goes to
-//! `sys.stdout` and `sys.stderr`, or to a callable given as `output`.
+//! goes to stderr as the command line prints it, or to a callable given as `progress`;
+//! the application's output goes to `sys.stdout` and `sys.stderr`, or to a callable given
+//! as `output`.
 //!
 //! Build it with `cargo build -p bee-py --release` and put
 //! `target/release/libbee.so` on Python's path as `bee.so` (`scripts/python-module.sh`
@@ -31,6 +32,7 @@ use bee_cli::format_chain;
 use bee_cli::progress::Progress;
 use bee_core::config::{ConfigError as BadConfig, Hosts};
 use bee_core::docker::OutputStream;
+use bee_core::events::{Event, Events};
 use bee_core::orchestrator::{Orchestrator, Platforms, RunOutcome};
 use bee_core::record::RecordStore;
 use bee_core::{paths, Config, CoreError};
@@ -94,7 +96,7 @@ fn block_on<T: Send>(py: Python<'_>, future: impl Future<Output = T> + Send) -> 
 /// `Err` holds that exception.
 fn block_on_interruptible<T: Send>(
     py: Python<'_>,
-    output: &Output,
+    hooks: &[Option<&Hook>],
     future: impl Future<Output = T> + Send,
 ) -> PyResult<Result<T, PyErr>> {
     let runtime = runtime()?;
@@ -106,7 +108,7 @@ fn block_on_interruptible<T: Send>(
                 tokio::select! {
                     value = &mut future => return Ok(value),
                     _ = ticks.tick() => {
-                        if let Some(err) = output.take_interrupt() {
+                        if let Some(err) = hooks.iter().flatten().find_map(|h| h.take_interrupt()) {
                             return Err(err);
                         }
                         Python::attach(|py| py.check_signals())?;
@@ -117,29 +119,56 @@ fn block_on_interruptible<T: Send>(
     }))
 }
 
-/// Where the application's output goes: a Python callable, or `sys.stdout` and
-/// `sys.stderr`. The first exception a callable raises is kept, the rest of the output
-/// dropped, and the exception raised once the run has ended.
+/// What a Python callable that bee calls while it works raised: the first exception is
+/// kept, the callable not called again, and the exception raised once bee is done.
+#[derive(Default)]
+struct Hook {
+    failed: Mutex<Option<PyErr>>,
+}
+
+impl Hook {
+    /// Runs `call` with the interpreter's lock, unless an earlier call failed.
+    fn call(&self, call: impl FnOnce(Python<'_>) -> PyResult<()>) {
+        let Ok(mut failed) = self.failed.lock() else { return };
+        if failed.is_none() {
+            *failed = Python::attach(call).err();
+        }
+    }
+
+    /// The exception a call raised, if one did.
+    fn take_failure(&self) -> Option<PyErr> {
+        self.failed.lock().ok().and_then(|mut failed| failed.take())
+    }
+
+    /// The `KeyboardInterrupt` that Ctrl-C raised inside a call, if it did: Python runs
+    /// its signal handlers wherever its code runs, so the interrupt can land there.
+    fn take_interrupt(&self) -> Option<PyErr> {
+        let mut failed = self.failed.lock().ok()?;
+        let interrupted = Python::attach(|py| {
+            failed.as_ref().is_some_and(|err| err.is_instance_of::<PyKeyboardInterrupt>(py))
+        });
+        interrupted.then(|| failed.take()).flatten()
+    }
+}
+
+/// Where the application's output goes: `output(stream, data)`, or `sys.stdout` and
+/// `sys.stderr`.
 struct Output {
     callback: Option<Py<PyAny>>,
-    failed: Mutex<Option<PyErr>>,
+    hook: Hook,
 }
 
 impl Output {
     fn new(callback: Option<Py<PyAny>>) -> Output {
-        Output { callback, failed: Mutex::new(None) }
+        Output { callback, hook: Hook::default() }
     }
 
     fn write(&self, stream: OutputStream, bytes: &[u8]) {
-        let Ok(mut failed) = self.failed.lock() else { return };
-        if failed.is_some() {
-            return;
-        }
         let name = match stream {
             OutputStream::Stdout => "stdout",
             OutputStream::Stderr => "stderr",
         };
-        let result = Python::attach(|py| -> PyResult<()> {
+        self.hook.call(|py| {
             match &self.callback {
                 Some(callback) => {
                     callback.call1(py, (name, PyBytes::new(py, bytes)))?;
@@ -152,25 +181,54 @@ impl Output {
             }
             Ok(())
         });
-        if let Err(err) = result {
-            *failed = Some(err);
+    }
+}
+
+/// Where bee's progress goes: `progress(kind, text)`, or stderr as the command prints it.
+enum Reporter {
+    Stderr(Progress),
+    Python { callback: Py<PyAny>, hook: Hook },
+}
+
+impl Reporter {
+    fn new(callback: Option<Py<PyAny>>) -> Reporter {
+        match callback {
+            Some(callback) => Reporter::Python { callback, hook: Hook::default() },
+            None => Reporter::Stderr(Progress::new()),
         }
     }
 
-    /// The exception the callable raised, if it did.
-    fn take_failure(&self) -> Option<PyErr> {
-        self.failed.lock().ok().and_then(|mut failed| failed.take())
+    fn hook(&self) -> Option<&Hook> {
+        match self {
+            Reporter::Stderr(_) => None,
+            Reporter::Python { hook, .. } => Some(hook),
+        }
     }
+}
 
-    /// The `KeyboardInterrupt` that Ctrl-C raised inside the callable, if it did: Python
-    /// runs its signal handlers wherever its code runs, so the interrupt can land there.
-    fn take_interrupt(&self) -> Option<PyErr> {
-        let mut failed = self.failed.lock().ok()?;
-        let interrupted = Python::attach(|py| {
-            failed.as_ref().is_some_and(|err| err.is_instance_of::<PyKeyboardInterrupt>(py))
-        });
-        interrupted.then(|| failed.take()).flatten()
+impl Events for Reporter {
+    fn event(&self, event: Event) {
+        let (callback, hook) = match self {
+            Reporter::Stderr(progress) => return progress.event(event),
+            Reporter::Python { callback, hook } => (callback, hook),
+        };
+        let (kind, text) = match event {
+            Event::Started { step } => ("started", step),
+            Event::Detail { line } => ("detail", line),
+            Event::Finished { step, elapsed } => {
+                ("finished", format!("{step}: done in {:.1}s", elapsed.as_secs_f64()))
+            }
+            Event::Message { line } => ("message", line),
+            Event::Warning { message } => ("warning", message),
+            _ => return,
+        };
+        hook.call(|py| callback.call1(py, (kind, text)).map(drop));
     }
+}
+
+/// The first exception of the hooks that have one.
+fn failure<'a>(hooks: impl IntoIterator<Item = Option<&'a Hook>>) -> Option<PyErr> {
+    hooks.into_iter().flatten().find_map(Hook::take_failure)
 }
 
 /// Reads and validates a bee.toml without starting anything.
@@ -213,12 +271,15 @@ fn check(py: Python<'_>, config: PathBuf) -> PyResult<Py<PyDict>> {
 /// Starts the cluster a bee.toml describes on its first platform and leaves it running.
 ///
 /// Returns the cluster's name, for `bee.down` (or `bee ssh NAME` on the command line).
+/// `progress(kind, text)`, if given, receives bee's progress instead of stderr: kind is
+/// "started", "detail", "finished", "message" or "warning".
 #[pyfunction]
-fn up(py: Python<'_>, config: PathBuf) -> PyResult<String> {
+#[pyo3(signature = (config, progress = None))]
+fn up(py: Python<'_>, config: PathBuf, progress: Option<Py<PyAny>>) -> PyResult<String> {
     let config = Config::load(&config).map_err(|e| to_py(e.into()))?;
     VmPlatforms.supports(&config, 0).map_err(|e| to_py(e.into()))?;
-    block_on(py, async {
-        let progress = Progress::new();
+    let progress = Reporter::new(progress);
+    let name = block_on(py, async {
         let cluster = compose::builder(&config, 0).up(&config, &progress).await.map_err(|e| {
             anyhow::Error::from(e).context(format!("cannot start cluster {}", config.name))
         })?;
@@ -226,22 +287,28 @@ fn up(py: Python<'_>, config: PathBuf) -> PyResult<String> {
         cluster.detach().await;
         anyhow::Ok(name)
     })?
-    .map_err(to_py)
+    .map_err(to_py)?;
+    failure([progress.hook()]).map_or(Ok(name), Err)
 }
 
 /// Starts the cluster, runs the application through the platforms of the bee.toml, and
 /// tears the cluster down.
 ///
 /// Returns the application's exit code. `output(stream, data)`, if given, receives the
-/// application's output ("stdout" or "stderr", bytes) as it comes. Raises bee.Waiting when
-/// the application was checkpointed and no platform is left, KeyboardInterrupt after
-/// tearing the cluster down on Ctrl-C.
+/// application's output ("stdout" or "stderr", bytes) as it comes; `progress` is as for
+/// `up`. Raises bee.Waiting when the application was checkpointed and no platform is left,
+/// KeyboardInterrupt after tearing the cluster down on Ctrl-C.
 #[pyfunction]
-#[pyo3(signature = (config, output = None))]
-fn run(py: Python<'_>, config: PathBuf, output: Option<Py<PyAny>>) -> PyResult<i64> {
+#[pyo3(signature = (config, output = None, progress = None))]
+fn run(
+    py: Python<'_>,
+    config: PathBuf,
+    output: Option<Py<PyAny>>,
+    progress: Option<Py<PyAny>>,
+) -> PyResult<i64> {
     let config = compose::load_for_run(&config).map_err(to_py)?;
     let name = config.name.clone();
-    drive(py, &name, output, |orchestrator, sink| {
+    drive(py, &name, output, progress, |orchestrator, sink| {
         Box::pin(async move { orchestrator.start(&config, sink).await })
     })
 }
@@ -249,10 +316,15 @@ fn run(py: Python<'_>, config: PathBuf, output: Option<Py<PyAny>>) -> PyResult<i
 /// Continues a run from its last completed step: after a crash, a Ctrl-C, or a checkpoint
 /// that found no platform left. Returns and raises as `run` does.
 #[pyfunction]
-#[pyo3(signature = (name, output = None))]
-fn resume(py: Python<'_>, name: String, output: Option<Py<PyAny>>) -> PyResult<i64> {
+#[pyo3(signature = (name, output = None, progress = None))]
+fn resume(
+    py: Python<'_>,
+    name: String,
+    output: Option<Py<PyAny>>,
+    progress: Option<Py<PyAny>>,
+) -> PyResult<i64> {
     let run_name = name.clone();
-    drive(py, &name, output, |orchestrator, sink| {
+    drive(py, &name, output, progress, |orchestrator, sink| {
         Box::pin(async move { orchestrator.resume(&run_name, sink).await })
     })
 }
@@ -270,15 +342,17 @@ fn drive(
     py: Python<'_>,
     name: &str,
     output: Option<Py<PyAny>>,
+    progress: Option<Py<PyAny>>,
     start: impl for<'a> FnOnce(&'a Orchestrator<'a>, Sink<'a>) -> RunFuture<'a> + Send,
 ) -> PyResult<i64> {
     let output = Output::new(output);
-    let progress = Progress::new();
+    let progress = Reporter::new(progress);
+    let hooks = [Some(&output.hook), progress.hook()];
     let orchestrator =
         Orchestrator::new(&VmPlatforms, &paths::state_dir(), paths::clusters_dir(), &progress)
             .map_err(|e| to_py(e.into()))?;
     let mut sink = |stream: OutputStream, bytes: &[u8]| output.write(stream, bytes);
-    let outcome = block_on_interruptible(py, &output, start(&orchestrator, &mut sink))?;
+    let outcome = block_on_interruptible(py, &hooks, start(&orchestrator, &mut sink))?;
     let outcome = match outcome {
         Ok(outcome) => outcome,
         Err(interrupt) => {
@@ -286,7 +360,7 @@ fn drive(
             return Err(interrupt);
         }
     };
-    if let Some(err) = output.take_failure() {
+    if let Some(err) = failure(hooks) {
         return Err(err);
     }
     match outcome.map_err(|e| to_py(e.into()))? {
@@ -300,28 +374,34 @@ fn drive(
 }
 
 /// Deletes a run that has not completed, its checkpoint and any cluster it left.
+/// `progress` is as for `up`.
 #[pyfunction]
-fn discard(py: Python<'_>, name: String) -> PyResult<()> {
-    let progress = Progress::new();
+#[pyo3(signature = (name, progress = None))]
+fn discard(py: Python<'_>, name: String, progress: Option<Py<PyAny>>) -> PyResult<()> {
+    let progress = Reporter::new(progress);
     let orchestrator =
         Orchestrator::new(&VmPlatforms, &paths::state_dir(), paths::clusters_dir(), &progress)
             .map_err(|e| to_py(e.into()))?;
-    block_on(py, orchestrator.discard(&name))?.map_err(|e| to_py(e.into()))
+    block_on(py, orchestrator.discard(&name))?.map_err(|e| to_py(e.into()))?;
+    failure([progress.hook()]).map_or(Ok(()), Err)
 }
 
 /// Stops a cluster and removes everything it left on this host.
+/// `progress` is as for `up`.
 #[pyfunction]
-fn down(py: Python<'_>, name: String) -> PyResult<()> {
+#[pyo3(signature = (name, progress = None))]
+fn down(py: Python<'_>, name: String, progress: Option<Py<PyAny>>) -> PyResult<()> {
+    let progress = Reporter::new(progress);
     block_on(py, async {
         let store = RecordStore::open(&paths::clusters_dir(), &name)?;
         let backend = compose::recorded_backend(&store)?;
         let storage = compose::recorded_storage(&store)?;
-        let progress = Progress::new();
         bee_core::cluster::teardown(backend.as_ref(), store, storage.as_deref(), &progress)
             .await
             .map_err(|e| anyhow::Error::from(e).context(format!("cannot tear down cluster {name}")))
     })?
-    .map_err(to_py)
+    .map_err(to_py)?;
+    failure([progress.hook()]).map_or(Ok(()), Err)
 }
 
 /// Every cluster with its nodes' health and every run with its phase: the dict that

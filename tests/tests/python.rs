@@ -96,13 +96,19 @@ fn bad_input_from_python_raises_bee_exceptions_that_name_it() {
     env.assert_no_cluster_left();
 }
 
-/// Runs a bee.toml, collecting the application's output through a callable, and prints the
-/// exit code, the output and what `bee.status()` says afterwards.
+/// Runs a bee.toml, collecting the application's output and bee's progress through
+/// callables, and prints the exit code, the output, some of the progress and what
+/// `bee.status()` says afterwards.
 const RUN: &str = r#"
 import sys, bee
-chunks = []
-code = bee.run(sys.argv[1], output=lambda stream, data: chunks.append((stream, data)))
+chunks, events = [], []
+code = bee.run(sys.argv[1], output=lambda stream, data: chunks.append((stream, data)),
+               progress=lambda kind, text: events.append((kind, text)))
 print("exit code:", code)
+print("kinds:", sorted(set(kind for kind, _ in events)))
+for kind, text in events:
+    if kind == "message" or text.startswith("stopping cluster"):
+        print("progress:", kind, text.split(": done in")[0])
 print("stdout:", repr(b"".join(d for s, d in chunks if s == "stdout").decode()))
 status = bee.status()
 print("clusters:", len(status["clusters"]))
@@ -127,8 +133,20 @@ fn run_from_python_returns_the_exit_code_and_hands_the_output_to_a_callable() {
     assert!(out.contains("hello from a container on hello-0\\n"), "{out}");
     assert!(out.contains("MPI rank 0 of 2\\nMPI rank 1 of 2\\n"), "{out}");
     assert!(out.contains("clusters: 0\nruns: [('hello', 'completed')]\n"), "{out}");
-    // bee's progress goes to stderr, as the command line prints it.
-    assert!(err.contains("bee: running bee/hello:latest on platform 0"), "{err}");
+    let kinds = out.lines().find(|l| l.starts_with("kinds: ")).unwrap_or_default();
+    for kind in ["'started'", "'finished'", "'message'"] {
+        assert!(kinds.contains(kind), "{kind} in {kinds:?}");
+    }
+    for line in [
+        "progress: message starting on platform 0 (vm on local)\n",
+        "progress: message running bee/hello:latest on platform 0 (vm on local)\n",
+        "progress: started stopping cluster hello\n",
+        "progress: finished stopping cluster hello\n",
+    ] {
+        assert!(out.contains(line), "{line:?} in:\n{out}");
+    }
+    // With a progress callable, nothing of bee's goes to stderr.
+    assert!(!err.contains("bee: "), "{err}");
     env.assert_no_cluster_left();
 }
 
@@ -213,6 +231,8 @@ fn ctrl_c_in_python_tears_the_cluster_down_and_the_run_can_be_discarded() {
     let out = forward.join().expect("the reader thread");
     let err = stderr(&output);
     assert!(output.status.success(), "stdout:\n{out}\nstderr:\n{err}");
+    // Without a progress callable, bee's progress goes to stderr as the command prints it.
+    assert!(err.contains("bee: starting on platform 0 (vm on local)\n"), "{err}");
     assert!(
         out.ends_with(
             "started\nKeyboardInterrupt\nclusters: 0\nruns: [('pyint', 'failed', 'interrupted')]\n\
@@ -224,7 +244,8 @@ fn ctrl_c_in_python_tears_the_cluster_down_and_the_run_can_be_discarded() {
 }
 
 /// Runs a bee.toml whose only platform's time slot ends in a checkpoint, prints what
-/// bee.Waiting says, then resumes from a file without the slot and prints the exit code.
+/// bee.Waiting says, then resumes from a file without the slot with an output callable
+/// that raises, and prints what it saw, what it raised and the run's phase.
 const WAITING: &str = r#"
 import sys, bee
 show = lambda stream, data: print(stream, data.decode().strip(), flush=True)
@@ -236,7 +257,15 @@ except bee.Waiting as err:
     print("phase:", [r["phase"] for r in bee.status()["runs"]])
 text = open(sys.argv[1]).read().replace('time_slot = "40s"\n', "")
 open(sys.argv[1], "w").write(text)
-print("resumed exit code:", bee.resume("pywait", output=show))
+seen = []
+def failing(stream, data):
+    seen.append(data.decode().strip())
+    raise RuntimeError("callback failed")
+try:
+    bee.resume("pywait", output=failing)
+    print("no exception")
+except RuntimeError as err:
+    print("resume raised:", err, "after", seen)
 print("phase:", [r["phase"] for r in bee.status()["runs"]])
 "#;
 
@@ -281,7 +310,7 @@ fn a_run_from_python_that_waits_for_a_platform_raises_waiting_and_resumes() {
     let expected = format!(
         "stdout started\nWaiting: run pywait was checkpointed and no platform is left: its \
          checkpoint is in {}; bee.resume(\"pywait\") continues\nphase: ['waiting']\n\
-         stdout restored saved\nresumed exit code: 0\nphase: ['completed']\n",
+         resume raised: callback failed after ['restored saved']\nphase: ['completed']\n",
         data.display()
     );
     assert_eq!(out, expected, "stderr:\n{err}");
