@@ -308,6 +308,12 @@ pub struct ImageLayer {
     pub links: Vec<(String, String)>,
 }
 
+/// Writes `dir/app.tar`, a `docker save` archive of a busybox image tagged `tag` (default
+/// command /bin/sh), for `tarball = "app.tar"`.
+pub fn write_busybox_app(dir: &Path, tag: &str) {
+    write_docker_archive(&dir.join("app.tar"), tag, &busybox_layer(), &["/bin/sh"]);
+}
+
 /// Writes a `docker save` archive holding one image of one layer, tagged `tag`, whose
 /// default command is `cmd`. Made here so tests need no Docker on the host.
 pub fn write_docker_archive(path: &Path, tag: &str, layer: &ImageLayer, cmd: &[&str]) {

@@ -12,6 +12,21 @@ use bee_tests::{
     repo_root, stderr, stdout, wait_with_timeout, write_config, BeeEnv, PythonPath, COMMAND_TIMEOUT,
 };
 
+/// Runs `script` with `args` in python3 with the module importable, and waits for it.
+fn python(env: &BeeEnv, script: &str, args: &[&str], timeout: Duration) -> (String, String) {
+    let python = PythonPath::new();
+    let child = env
+        .python(&python, script, args)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("python3 starts");
+    let output = wait_with_timeout(child, timeout, "python3");
+    let (out, err) = (stdout(&output), stderr(&output));
+    assert!(output.status.success(), "stdout:\n{out}\nstderr:\n{err}");
+    (out, err)
+}
+
 /// Prints `NAME: MESSAGE` for the exception each bad call raises, and the results of the
 /// good ones.
 const BAD_INPUT: &str = r#"
@@ -43,7 +58,6 @@ print("status:", bee.status())
 #[test]
 fn bad_input_from_python_raises_bee_exceptions_that_name_it() {
     let env = BeeEnv::new();
-    let python = PythonPath::new();
     let dir = tempfile::tempdir().unwrap();
     let file = |name: &str, text: &str| std::fs::write(dir.path().join(name), text).unwrap();
     file("zero.toml", "[cluster]\nname = \"zero\"\nnodes = 0\n");
@@ -57,15 +71,8 @@ fn bad_input_from_python_raises_bee_exceptions_that_name_it() {
         "[cluster]\nname = \"noapp\"\nnodes = 2\n[storage]\nmode = \"data-image-nfs\"\n\
          [[platform]]\nbackend = \"vm\"\nhosts = \"local\"\ntime_slot = \"20m\"\n",
     );
-    let child = env
-        .python(&python, BAD_INPUT, &[dir.path().to_str().unwrap()])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("python3 starts");
-    let output = wait_with_timeout(child, Duration::from_secs(60), "python3");
-    let (out, err) = (stdout(&output), stderr(&output));
-    assert!(output.status.success(), "stdout:\n{out}\nstderr:\n{err}");
+    let (out, _) =
+        python(&env, BAD_INPUT, &[dir.path().to_str().unwrap()], Duration::from_secs(60));
     let d = dir.path().display();
     for expected in [
         format!("missing file: ConfigError (bee.Error): cannot read {d}/absent.toml"),
@@ -118,17 +125,8 @@ print("runs:", [(r["name"], r["phase"]) for r in status["runs"]])
 #[test]
 fn run_from_python_returns_the_exit_code_and_hands_the_output_to_a_callable() {
     let env = BeeEnv::new();
-    let python = PythonPath::new();
     let config = repo_root().join("examples/hello/bee.toml");
-    let child = env
-        .python(&python, RUN, &[config.to_str().unwrap()])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("python3 starts");
-    let output = wait_with_timeout(child, COMMAND_TIMEOUT, "bee.run from python3");
-    let (out, err) = (stdout(&output), stderr(&output));
-    assert!(output.status.success(), "stdout:\n{out}\nstderr:\n{err}");
+    let (out, err) = python(&env, RUN, &[config.to_str().unwrap()], COMMAND_TIMEOUT);
     assert!(out.contains("exit code: 0\n"), "{out}");
     assert!(out.contains("hello from a container on hello-0\\n"), "{out}");
     assert!(out.contains("MPI rank 0 of 2\\nMPI rank 1 of 2\\n"), "{out}");
@@ -175,12 +173,7 @@ fn ctrl_c_in_python_tears_the_cluster_down_and_the_run_can_be_discarded() {
     let python = PythonPath::new();
     let dir = tempfile::tempdir().unwrap();
     let tag = "bee-test/busybox:py";
-    bee_tests::write_docker_archive(
-        &dir.path().join("app.tar"),
-        tag,
-        &bee_tests::busybox_layer(),
-        &["/bin/sh"],
-    );
+    bee_tests::write_busybox_app(dir.path(), tag);
     let config = write_config(
         dir.path(),
         &format!(
@@ -272,15 +265,9 @@ print("phase:", [r["phase"] for r in bee.status()["runs"]])
 #[test]
 fn a_run_from_python_that_waits_for_a_platform_raises_waiting_and_resumes() {
     let env = BeeEnv::new();
-    let python = PythonPath::new();
     let dir = tempfile::tempdir().unwrap();
     let tag = "bee-test/busybox:wait";
-    bee_tests::write_docker_archive(
-        &dir.path().join("app.tar"),
-        tag,
-        &bee_tests::busybox_layer(),
-        &["/bin/sh"],
-    );
+    bee_tests::write_busybox_app(dir.path(), tag);
     // Waits for the checkpoint request, saves its state and exits; started again with a
     // saved state, prints it and ends.
     let app = "b=/bin/busybox; s=/bee/shared; if $b test -f $s/state; then echo restored \
@@ -297,15 +284,7 @@ fn a_run_from_python_that_waits_for_a_platform_raises_waiting_and_resumes() {
              [[platform]]\nbackend = \"vm\"\ntime_slot = \"40s\"\n"
         ),
     );
-    let child = env
-        .python(&python, WAITING, &[config.to_str().unwrap()])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("python3 starts");
-    let output = wait_with_timeout(child, COMMAND_TIMEOUT, "bee.run and bee.resume from python3");
-    let (out, err) = (stdout(&output), stderr(&output));
-    assert!(output.status.success(), "stdout:\n{out}\nstderr:\n{err}");
+    let (out, err) = python(&env, WAITING, &[config.to_str().unwrap()], COMMAND_TIMEOUT);
     let data = env.state_dir().join("runs/pywait/data");
     let expected = format!(
         "stdout started\nWaiting: run pywait was checkpointed and no platform is left: its \

@@ -127,12 +127,7 @@ fn run_loads_a_docker_save_tarball() {
     let env = BeeEnv::new();
     let dir = tempfile::tempdir().unwrap();
     let tag = "bee-test/busybox:1";
-    bee_tests::write_docker_archive(
-        &dir.path().join("app.tar"),
-        tag,
-        &bee_tests::busybox_layer(),
-        &["/bin/sh"],
-    );
+    bee_tests::write_busybox_app(dir.path(), tag);
     let config = write_config(
         dir.path(),
         &format!(
