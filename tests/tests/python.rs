@@ -150,8 +150,12 @@ fn run_from_python_returns_the_exit_code_and_hands_the_output_to_a_callable() {
 
 /// Runs a bee.toml whose application never ends, printing its output as it comes; on
 /// KeyboardInterrupt prints what `bee.status()` says, discards the run and says that too.
+/// A process started in the background by a shell without job control (CI's, often) has
+/// SIGINT ignored, and Python then leaves it ignored: the script installs Python's own
+/// handler so that the test's SIGINT is Ctrl-C wherever the tests run.
 const INTERRUPTED: &str = r#"
-import sys, bee
+import signal, sys, bee
+signal.signal(signal.SIGINT, signal.default_int_handler)
 def show(stream, data):
     sys.stdout.write(data.decode())
     sys.stdout.flush()
