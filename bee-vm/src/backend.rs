@@ -276,10 +276,15 @@ impl Backend for VmBackend {
         let mut first_error = None;
         for relays in [false, true] {
             let stops = resources.iter().filter_map(|resource| match resource {
-                Resource::Process { node, what, pid: Some(pid), start_time, qmp }
+                Resource::Process { node, what, pid, start_time, qmp }
                     if (what == QMP_RELAY) == relays =>
                 {
-                    Some(stop_process(node, what, *pid, *start_time, qmp.as_deref(), events))
+                    // A bee stopped between starting a QEMU here and recording its PID
+                    // (Ctrl-C during `bee up`) leaves it to the pid file.
+                    let unrecorded =
+                        || (what == "qemu").then(|| unrecorded_qemu(&store.dir().join(node)));
+                    let pid = pid.or_else(|| unrecorded().flatten())?;
+                    Some(stop_process(node, what, pid, *start_time, qmp.as_deref(), events))
                 }
                 _ => None,
             });
@@ -859,6 +864,16 @@ pub fn process_start_time(pid: u32) -> Option<u64> {
 }
 
 /// True when `pid` runs and is the process that was recorded (not a reused PID).
+/// The PID of a QEMU started on this host in node directory `dir` but not recorded: the
+/// one its pid file names, when that process runs with `dir` on its command line (so a
+/// PID reused since is not taken for it).
+fn unrecorded_qemu(dir: &Path) -> Option<u32> {
+    let pid: u32 = std::fs::read_to_string(dir.join("qemu.pid")).ok()?.trim().parse().ok()?;
+    let command_line = std::fs::read(format!("/proc/{pid}/cmdline")).ok()?;
+    let needle = dir.as_os_str().as_encoded_bytes();
+    command_line.windows(needle.len()).any(|part| part == needle).then_some(pid)
+}
+
 pub(crate) fn is_running(pid: u32, start_time: Option<u64>) -> bool {
     match process_start_time(pid) {
         Some(now) => start_time.is_none_or(|recorded| recorded == now),
@@ -1002,5 +1017,34 @@ mod tests {
         let server = fake_qemu(&path, vec![CAPABILITIES_OK, running, CAPABILITIES_OK]);
         request_powerdown(&path).await.unwrap();
         server.await.unwrap();
+    }
+
+    #[test]
+    fn an_unrecorded_qemu_is_the_process_its_pid_file_names_if_it_names_the_node() {
+        let dir = tempfile::tempdir().unwrap();
+        let node = dir.path().join("c-0");
+        std::fs::create_dir(&node).unwrap();
+        assert_eq!(unrecorded_qemu(&node), None, "no pid file");
+        // A process with the node's directory on its command line, as QEMU has; its line
+        // on stdout says that it runs (its command line is readable once exec is done).
+        let mut child = std::process::Command::new("sh")
+            .args(["-c", "echo ready; sleep 30; exit 0", node.to_str().unwrap()])
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut ready = String::new();
+        std::io::BufRead::read_line(
+            &mut std::io::BufReader::new(child.stdout.take().unwrap()),
+            &mut ready,
+        )
+        .unwrap();
+        assert_eq!(ready, "ready\n");
+        std::fs::write(node.join("qemu.pid"), format!("{}\n", child.id())).unwrap();
+        assert_eq!(unrecorded_qemu(&node), Some(child.id()));
+        // This test's own process does not mention the directory: a reused PID.
+        std::fs::write(node.join("qemu.pid"), format!("{}\n", std::process::id())).unwrap();
+        assert_eq!(unrecorded_qemu(&node), None);
+        child.kill().unwrap();
+        child.wait().unwrap();
     }
 }
