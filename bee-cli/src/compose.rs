@@ -4,9 +4,10 @@
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use anyhow::{anyhow, Result};
-use bee_core::cluster::ClusterBuilder;
+use anyhow::{anyhow, Context, Result};
+use bee_core::cluster::{self, ClusterBuilder};
 use bee_core::config::{BackendKind, Hosts, StorageMode};
+use bee_core::events::Events;
 use bee_core::record::RecordStore;
 use bee_core::runs::RunStore;
 use bee_core::traits::{Backend, Storage};
@@ -29,6 +30,54 @@ pub fn builder(config: &Config, index: usize) -> ClusterBuilder {
         builder = builder.storage(bee_storage::for_mode(spec.mode));
     }
     builder
+}
+
+/// A `bee up` of one configuration: starts its cluster on the first platform, and when
+/// the caller gives up on it (Ctrl-C), tears down what it had started.
+pub struct Up {
+    name: String,
+    /// Whether no cluster of that name existed before: only then is a record of that name
+    /// this up's to tear down.
+    was_free: bool,
+}
+
+impl Up {
+    /// Notes whether a cluster named as `config` says exists already.
+    pub fn new(config: &Config) -> Result<Up> {
+        let name = config.name.clone();
+        let was_free = !RecordStore::list(&paths::clusters_dir())?.contains(&name);
+        Ok(Up { name, was_free })
+    }
+
+    /// Starts the cluster and leaves it running; returns its name.
+    pub async fn start(&self, config: &Config, events: &dyn Events) -> Result<String> {
+        let cluster = builder(config, 0)
+            .up(config, events)
+            .await
+            .with_context(|| format!("cannot start cluster {}", self.name))?;
+        let name = cluster.name().to_string();
+        cluster.detach().await;
+        Ok(name)
+    }
+
+    /// After [`Up::start`] was dropped before it ended: tears down what it had started.
+    pub async fn interrupted(&self, events: &dyn Events) -> Result<()> {
+        if self.was_free && RecordStore::list(&paths::clusters_dir())?.contains(&self.name) {
+            tear_down(&self.name, events).await?;
+        }
+        Ok(())
+    }
+}
+
+/// Stops cluster `name` and removes everything its record lists, collecting its shared
+/// directory where the record says.
+pub async fn tear_down(name: &str, events: &dyn Events) -> Result<()> {
+    let store = RecordStore::open(&paths::clusters_dir(), name)?;
+    let backend = recorded_backend(&store)?;
+    let storage = recorded_storage(&store)?;
+    cluster::teardown(backend.as_ref(), store, storage.as_deref(), events)
+        .await
+        .with_context(|| format!("cannot tear down cluster {name}"))
 }
 
 /// A configuration given to `bee run` without an `[application]`.

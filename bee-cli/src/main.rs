@@ -8,7 +8,6 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use anyhow::{anyhow, Context, Result};
-use bee_core::cluster;
 use bee_core::docker::OutputStream;
 use bee_core::events::Events;
 use bee_core::orchestrator::{Orchestrator, Platforms, RunOutcome};
@@ -239,12 +238,18 @@ async fn up(config_path: &Path) -> Result<ExitCode> {
     let config = Config::load(config_path)?;
     VmPlatforms.supports(&config, 0)?;
     let progress = Progress::new();
-    let cluster = compose::builder(&config, 0)
-        .up(&config, &progress)
-        .await
-        .with_context(|| format!("cannot start cluster {}", config.name))?;
-    let name = cluster.name().to_string();
-    cluster.detach().await;
+    let up = compose::Up::new(&config)?;
+    let started = tokio::select! {
+        name = up.start(&config, &progress) => Some(name?),
+        _ = tokio::signal::ctrl_c() => None,
+    };
+    let Some(name) = started else {
+        up.interrupted(&progress).await?;
+        return Err(anyhow!(
+            "interrupted; what had started of cluster {} is torn down",
+            config.name
+        ));
+    };
     progress.message(&format!(
         "cluster {name} is up: `bee ssh {name}` opens a shell, `bee down {name}` stops it"
     ));
@@ -399,13 +404,8 @@ fn ssh(cluster: &str, node: Option<&str>, command: &[String]) -> Result<ExitCode
 }
 
 async fn down(cluster: &str) -> Result<ExitCode> {
-    let store = RecordStore::open(&paths::clusters_dir(), cluster)?;
-    let backend = compose::recorded_backend(&store)?;
-    let storage = compose::recorded_storage(&store)?;
     let progress = Progress::new();
-    cluster::teardown(backend.as_ref(), store, storage.as_deref(), &progress)
-        .await
-        .with_context(|| format!("cannot tear down cluster {cluster}"))?;
+    compose::tear_down(cluster, &progress).await?;
     progress.message(&format!("cluster {cluster} is down"));
     Ok(ExitCode::SUCCESS)
 }

@@ -10,10 +10,10 @@
 //!
 //! Every call blocks until bee is done, with the interpreter's lock released, so other
 //! Python threads go on. Ctrl-C (`KeyboardInterrupt`) during `run` or `resume` tears the
-//! cluster down, as it does for the command line, and `resume` continues later. Progress
-//! goes to stderr as the command line prints it, or to a callable given as `progress`;
-//! the application's output goes to `sys.stdout` and `sys.stderr`, or to a callable given
-//! as `output`.
+//! cluster down, as it does for the command line, and `resume` continues later; during
+//! `up` it tears down what had started. Progress goes to stderr as the command line
+//! prints it, or to a callable given as `progress`; the application's output goes to
+//! `sys.stdout` and `sys.stderr`, or to a callable given as `output`.
 //!
 //! Build it with `cargo build -p bee-py --release` and put
 //! `target/release/libbee.so` on Python's path as `bee.so` (`scripts/python-module.sh`
@@ -34,7 +34,6 @@ use bee_core::config::{ConfigError as BadConfig, Hosts};
 use bee_core::docker::OutputStream;
 use bee_core::events::{Event, Events};
 use bee_core::orchestrator::{Orchestrator, Platforms, RunOutcome};
-use bee_core::record::RecordStore;
 use bee_core::{paths, Config, CoreError};
 use pyo3::exceptions::{PyException, PyKeyboardInterrupt};
 use pyo3::prelude::*;
@@ -272,22 +271,22 @@ fn check(py: Python<'_>, config: PathBuf) -> PyResult<Py<PyDict>> {
 ///
 /// Returns the cluster's name, for `bee.down` (or `bee ssh NAME` on the command line).
 /// `progress(kind, text)`, if given, receives bee's progress instead of stderr: kind is
-/// "started", "detail", "finished", "message" or "warning".
+/// "started", "detail", "finished", "message" or "warning". Ctrl-C tears down what had
+/// started and raises KeyboardInterrupt.
 #[pyfunction]
 #[pyo3(signature = (config, progress = None))]
 fn up(py: Python<'_>, config: PathBuf, progress: Option<Py<PyAny>>) -> PyResult<String> {
     let config = Config::load(&config).map_err(|e| to_py(e.into()))?;
     VmPlatforms.supports(&config, 0).map_err(|e| to_py(e.into()))?;
     let progress = Reporter::new(progress);
-    let name = block_on(py, async {
-        let cluster = compose::builder(&config, 0).up(&config, &progress).await.map_err(|e| {
-            anyhow::Error::from(e).context(format!("cannot start cluster {}", config.name))
-        })?;
-        let name = cluster.name().to_string();
-        cluster.detach().await;
-        anyhow::Ok(name)
-    })?
-    .map_err(to_py)?;
+    let up = compose::Up::new(&config).map_err(to_py)?;
+    let name = match block_on_interruptible(py, &[progress.hook()], up.start(&config, &progress))? {
+        Ok(name) => name.map_err(to_py)?,
+        Err(interrupt) => {
+            block_on(py, up.interrupted(&progress))?.map_err(to_py)?;
+            return Err(interrupt);
+        }
+    };
     failure([progress.hook()]).map_or(Ok(name), Err)
 }
 
@@ -392,15 +391,7 @@ fn discard(py: Python<'_>, name: String, progress: Option<Py<PyAny>>) -> PyResul
 #[pyo3(signature = (name, progress = None))]
 fn down(py: Python<'_>, name: String, progress: Option<Py<PyAny>>) -> PyResult<()> {
     let progress = Reporter::new(progress);
-    block_on(py, async {
-        let store = RecordStore::open(&paths::clusters_dir(), &name)?;
-        let backend = compose::recorded_backend(&store)?;
-        let storage = compose::recorded_storage(&store)?;
-        bee_core::cluster::teardown(backend.as_ref(), store, storage.as_deref(), &progress)
-            .await
-            .map_err(|e| anyhow::Error::from(e).context(format!("cannot tear down cluster {name}")))
-    })?
-    .map_err(to_py)?;
+    block_on(py, compose::tear_down(&name, &progress))?.map_err(to_py)?;
     failure([progress.hook()]).map_or(Ok(()), Err)
 }
 

@@ -137,6 +137,17 @@ impl BeeEnv {
         processes_mentioning(self.state.path())
     }
 
+    /// Whether cluster `name`'s record holds the PID of one of its QEMUs: the guest boots,
+    /// and bee waits for its SSH.
+    pub fn qemu_recorded(&self, name: &str) -> bool {
+        let file = self.state.path().join("clusters").join(name).join("record.json");
+        let Ok(text) = std::fs::read_to_string(file) else { return false };
+        let record: serde_json::Value = serde_json::from_str(&text).unwrap_or_default();
+        record["resources"]
+            .as_array()
+            .is_some_and(|all| all.iter().any(|r| r["what"] == "qemu" && r["pid"].is_u64()))
+    }
+
     /// Asserts that no cluster of this environment left a QEMU or a directory behind.
     pub fn assert_no_cluster_left(&self) {
         assert_eq!(self.qemu_processes(), Vec::<u32>::new(), "qemu processes left behind");
@@ -179,6 +190,12 @@ impl Drop for BeeEnv {
             let _ = Command::new("kill").args(["-9", &pid.to_string()]).status();
         }
     }
+}
+
+/// Sends SIGINT to `child`, as Ctrl-C in a terminal does.
+pub fn ctrl_c(child: &Child) {
+    let pid = nix::unistd::Pid::from_raw(child.id() as i32);
+    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGINT).expect("SIGINT to the child");
 }
 
 /// Waits for a child with a deadline, killing it and failing the test when it passes.

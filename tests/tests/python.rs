@@ -1,7 +1,8 @@
 //! The `bee` Python module (bee-py), imported by python3 as a user would: bad input raises
 //! bee's exceptions with bee's messages, a run hands the application's output to a
-//! callable and returns its exit code, and Ctrl-C tears the cluster down. The guest tests
-//! need the guest image, which `scripts/test.sh` builds when it is missing.
+//! callable and returns its exit code, and Ctrl-C tears the cluster down (during `up`, what
+//! had started). The guest tests need the guest image, which `scripts/test.sh` builds when
+//! it is missing.
 
 use std::io::{BufRead, BufReader};
 use std::process::Stdio;
@@ -9,7 +10,8 @@ use std::sync::mpsc;
 use std::time::Duration;
 
 use bee_tests::{
-    repo_root, stderr, stdout, wait_with_timeout, write_config, BeeEnv, PythonPath, COMMAND_TIMEOUT,
+    repo_root, stderr, stdout, wait_until, wait_with_timeout, write_config, BeeEnv, PythonPath,
+    COMMAND_TIMEOUT,
 };
 
 /// Runs `script` with `args` in python3 with the module importable, and waits for it.
@@ -219,11 +221,7 @@ fn ctrl_c_in_python_tears_the_cluster_down_and_the_run_can_be_discarded() {
         stderr(&child.wait_with_output().unwrap())
     );
     assert_eq!(env.qemu_processes().len(), 1, "one guest runs the application");
-    nix::sys::signal::kill(
-        nix::unistd::Pid::from_raw(child.id() as i32),
-        nix::sys::signal::Signal::SIGINT,
-    )
-    .expect("SIGINT to python3");
+    bee_tests::ctrl_c(&child);
     let output = wait_with_timeout(child, COMMAND_TIMEOUT, "python3 after Ctrl-C");
     let out = forward.join().expect("the reader thread");
     let err = stderr(&output);
@@ -297,5 +295,39 @@ fn a_run_from_python_that_waits_for_a_platform_raises_waiting_and_resumes() {
         data.display()
     );
     assert_eq!(out, expected, "stderr:\n{err}");
+    env.assert_no_cluster_left();
+}
+
+/// Starts a cluster with `bee.up`; on KeyboardInterrupt says how many clusters are left.
+/// Installs Python's SIGINT handler, as [`INTERRUPTED`] does.
+const UP_INTERRUPTED: &str = r#"
+import signal, sys, bee
+signal.signal(signal.SIGINT, signal.default_int_handler)
+try:
+    bee.up(sys.argv[1])
+    print("not interrupted")
+except KeyboardInterrupt:
+    print("KeyboardInterrupt")
+    print("clusters:", len(bee.status()["clusters"]))
+"#;
+
+#[test]
+fn ctrl_c_during_up_from_python_tears_down_what_had_started() {
+    let env = BeeEnv::new();
+    let python = PythonPath::new();
+    let dir = tempfile::tempdir().unwrap();
+    let config = write_config(dir.path(), "[cluster]\nname = \"pyhalf\"\nnodes = 1\n");
+    let child = env
+        .python(&python, UP_INTERRUPTED, &[config.to_str().unwrap()])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("python3 starts");
+    wait_until("the guest's QEMU", Duration::from_secs(300), || env.qemu_recorded("pyhalf"));
+    bee_tests::ctrl_c(&child);
+    let output = wait_with_timeout(child, Duration::from_secs(120), "python3 after Ctrl-C");
+    let (out, err) = (stdout(&output), stderr(&output));
+    assert!(output.status.success(), "stdout:\n{out}\nstderr:\n{err}");
+    assert_eq!(out, "KeyboardInterrupt\nclusters: 0\n", "stderr:\n{err}");
     env.assert_no_cluster_left();
 }

@@ -168,3 +168,72 @@ fn run_pulls_from_a_registry_on_this_host() {
     assert_eq!(stdout(&output), "pulled from a registry\n");
     assert_clean(&env, &[]);
 }
+
+#[test]
+fn ctrl_c_during_bee_up_tears_down_what_had_started() {
+    let env = BeeEnv::new();
+    let dir = tempfile::tempdir().unwrap();
+    let config = write_config(dir.path(), "[cluster]\nname = \"halfway\"\nnodes = 1\n");
+    let child = env
+        .command(&["up", config.to_str().unwrap()])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    // The guest boots; bee waits for its SSH.
+    wait_until("the guest's QEMU", Duration::from_secs(300), || env.qemu_recorded("halfway"));
+    bee_tests::ctrl_c(&child);
+    let output = bee_tests::wait_with_timeout(child, Duration::from_secs(120), "bee up");
+    let err = stderr(&output);
+    assert_eq!(output.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains("bee: error: interrupted; what had started of cluster halfway is torn down"),
+        "{err}"
+    );
+    assert_clean(&env, &[]);
+}
+
+#[test]
+fn ctrl_c_during_bee_run_tears_down_and_the_run_can_be_discarded() {
+    let env = BeeEnv::new();
+    let dir = tempfile::tempdir().unwrap();
+    let tag = "bee-test/busybox:ctrlc";
+    bee_tests::write_busybox_app(dir.path(), tag);
+    let config = write_config(
+        dir.path(),
+        &format!(
+            "[cluster]\nname = \"ctrlc\"\nnodes = 1\n[application]\ntarball = \"app.tar\"\n\
+             tag = \"{tag}\"\ncommand = [\"/bin/busybox\", \"sleep\", \"600\"]\n"
+        ),
+    );
+    let child = env
+        .command(&["run", config.to_str().unwrap()])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let record = env.state_dir().join("clusters/ctrlc/record.json");
+    wait_until("the run to start", Duration::from_secs(600), || {
+        std::fs::read_to_string(&record).is_ok_and(|text| text.contains("\"phase\": \"running\""))
+    });
+    bee_tests::ctrl_c(&child);
+    let output = bee_tests::wait_with_timeout(child, Duration::from_secs(120), "bee run");
+    let err = stderr(&output);
+    assert_eq!(output.status.code(), Some(125), "{err}");
+    assert!(
+        err.contains(
+            "bee: error: interrupted; the cluster was torn down: `bee resume ctrlc` continues"
+        ),
+        "{err}"
+    );
+    assert_clean(&env, &[]);
+    let runs = &status_json(&env)["runs"];
+    assert_eq!(
+        (runs[0]["phase"].as_str(), runs[0]["detail"].as_str()),
+        (Some("failed"), Some("interrupted")),
+        "{runs}"
+    );
+    let output = env.bee(&["discard", "ctrlc"]);
+    assert!(output.status.success(), "{}", stderr(&output));
+    assert_eq!(status_json(&env)["runs"], serde_json::json!([]));
+}
