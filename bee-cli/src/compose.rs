@@ -154,6 +154,46 @@ impl bee_core::orchestrator::Platforms for VmPlatforms {
     }
 }
 
+/// An `ssh` to `node` of cluster `cluster` (a node name or index; the master, node 0, by
+/// default) with the cluster's key and the node's pinned host key; the caller adds the
+/// command to run there, or none for a shell.
+pub fn ssh_command(cluster: &str, node: Option<&str>) -> Result<std::process::Command> {
+    let store = RecordStore::open(&paths::clusters_dir(), cluster)?;
+    let nodes = &store.record().nodes;
+    let wanted = node.unwrap_or("0");
+    let found = nodes
+        .iter()
+        .enumerate()
+        .find(|(index, n)| n.name == wanted || index.to_string() == wanted)
+        .map(|(_, n)| n);
+    let node = found.ok_or_else(|| {
+        let names: Vec<&str> = nodes.iter().map(|n| n.name.as_str()).collect();
+        anyhow!(
+            "cluster {cluster} has no node {wanted:?}: expected an index from 0 to {} or one of \
+             {}",
+            nodes.len().saturating_sub(1),
+            names.join(", ")
+        )
+    })?;
+    let endpoint =
+        node.ssh.as_ref().ok_or_else(|| anyhow!("node {} has no SSH endpoint yet", node.name))?;
+    let mut ssh = std::process::Command::new("ssh");
+    ssh.arg("-F")
+        .arg("/dev/null")
+        .arg("-i")
+        .arg(&endpoint.key)
+        .arg("-p")
+        .arg(endpoint.port.to_string())
+        .arg("-o")
+        .arg("StrictHostKeyChecking=yes")
+        .arg("-o")
+        .arg(format!("UserKnownHostsFile={}", endpoint.known_hosts.display()))
+        .arg("-o")
+        .arg("LogLevel=ERROR")
+        .arg(format!("{}@{}", endpoint.user, endpoint.host));
+    Ok(ssh)
+}
+
 /// The storage of a recorded cluster, for collecting its results at teardown.
 pub fn recorded_storage(store: &RecordStore) -> Result<Option<Box<dyn Storage>>> {
     let Some(record) = &store.record().storage else { return Ok(None) };

@@ -11,7 +11,6 @@ use anyhow::{anyhow, Context, Result};
 use bee_core::docker::OutputStream;
 use bee_core::events::Events;
 use bee_core::orchestrator::{Orchestrator, Platforms, RunOutcome};
-use bee_core::record::RecordStore;
 use bee_core::{paths, Config, CoreError};
 use bee_vm::{GuestImage, ImageInputs};
 use clap::{Parser, Subcommand};
@@ -365,41 +364,7 @@ async fn status(json: bool) -> Result<ExitCode> {
 
 fn ssh(cluster: &str, node: Option<&str>, command: &[String]) -> Result<ExitCode> {
     use std::os::unix::process::CommandExt;
-    let store = RecordStore::open(&paths::clusters_dir(), cluster)?;
-    let nodes = &store.record().nodes;
-    let wanted = node.unwrap_or("0");
-    let found = nodes
-        .iter()
-        .enumerate()
-        .find(|(index, n)| n.name == wanted || index.to_string() == wanted)
-        .map(|(_, n)| n);
-    let node = found.ok_or_else(|| {
-        let names: Vec<&str> = nodes.iter().map(|n| n.name.as_str()).collect();
-        anyhow!(
-            "cluster {cluster} has no node {wanted:?}: expected an index from 0 to {} or one of \
-             {}",
-            nodes.len().saturating_sub(1),
-            names.join(", ")
-        )
-    })?;
-    let endpoint =
-        node.ssh.as_ref().ok_or_else(|| anyhow!("node {} has no SSH endpoint yet", node.name))?;
-    let err = std::process::Command::new("ssh")
-        .arg("-F")
-        .arg("/dev/null")
-        .arg("-i")
-        .arg(&endpoint.key)
-        .arg("-p")
-        .arg(endpoint.port.to_string())
-        .arg("-o")
-        .arg("StrictHostKeyChecking=yes")
-        .arg("-o")
-        .arg(format!("UserKnownHostsFile={}", endpoint.known_hosts.display()))
-        .arg("-o")
-        .arg("LogLevel=ERROR")
-        .arg(format!("{}@{}", endpoint.user, endpoint.host))
-        .args(command)
-        .exec();
+    let err = compose::ssh_command(cluster, node)?.args(command).exec();
     Err(anyhow!("cannot run ssh: {err}"))
 }
 

@@ -4,7 +4,9 @@
 //! import bee
 //! bee.check("bee.toml")              # the validated configuration, as a dict
 //! code = bee.run("bee.toml")         # the application's exit code
-//! bee.up("bee.toml"); bee.down("hello")
+//! bee.up("bee.toml")                 # the cluster's name
+//! bee.ssh("hello", ["hostname"])     # a subprocess.CompletedProcess
+//! bee.down("hello")
 //! bee.status()                       # what `bee status --json` prints, as a dict
 //! ```
 //!
@@ -23,6 +25,7 @@
 #![allow(unsafe_code)]
 
 use std::future::Future;
+use std::os::unix::process::ExitStatusExt;
 use std::path::PathBuf;
 use std::sync::{Mutex, OnceLock};
 use std::time::Duration;
@@ -35,9 +38,9 @@ use bee_core::docker::OutputStream;
 use bee_core::events::{Event, Events};
 use bee_core::orchestrator::{Orchestrator, Platforms, RunOutcome};
 use bee_core::{paths, Config, CoreError};
-use pyo3::exceptions::{PyException, PyKeyboardInterrupt};
+use pyo3::exceptions::{PyException, PyKeyboardInterrupt, PyTypeError, PyValueError};
 use pyo3::prelude::*;
-use pyo3::types::{PyBytes, PyDict};
+use pyo3::types::{PyBytes, PyDict, PyString};
 
 pyo3::create_exception!(bee, Error, PyException, "bee failed; the message says why.");
 pyo3::create_exception!(
@@ -395,6 +398,46 @@ fn down(py: Python<'_>, name: String, progress: Option<Py<PyAny>>) -> PyResult<(
     failure([progress.hook()]).map_or(Ok(()), Err)
 }
 
+/// Runs `command` (a list of strings) on `node` of cluster `name` over SSH, as `bee ssh
+/// NAME NODE -- COMMAND` does, and returns a `subprocess.CompletedProcess` with its exit
+/// code and output (bytes); the exit code is minus the signal that killed it, as with
+/// `subprocess`. `node` is a node name or index (default: the master, node 0). Raises
+/// bee.Error for a cluster or node that does not exist.
+#[pyfunction]
+#[pyo3(signature = (name, command, node = None))]
+fn ssh(
+    py: Python<'_>,
+    name: String,
+    command: Bound<'_, PyAny>,
+    node: Option<String>,
+) -> PyResult<Py<PyAny>> {
+    let list = "bee.ssh: command must be a list of strings, such as [\"hostname\"]";
+    if command.is_instance_of::<PyString>() {
+        return Err(PyTypeError::new_err(format!("{list}, not a str")));
+    }
+    let command: Vec<String> =
+        command.extract().map_err(|e| PyTypeError::new_err(format!("{list}: {e}")))?;
+    if command.is_empty() {
+        return Err(PyValueError::new_err(
+            "bee.ssh needs a command to run, such as [\"hostname\"] (`bee ssh NAME` opens \
+             a shell)",
+        ));
+    }
+    let mut ssh = compose::ssh_command(&name, node.as_deref()).map_err(to_py)?;
+    ssh.args(&command).stdin(std::process::Stdio::null());
+    let output = py
+        .detach(|| ssh.output())
+        .map_err(|e| Error::new_err(format!("cannot run ssh ({e}); install openssh-client")))?;
+    let code = output.status.code().or(output.status.signal().map(|signal| -signal));
+    let completed = py.import("subprocess")?.getattr("CompletedProcess")?.call1((
+        command,
+        code.unwrap_or(-1),
+        PyBytes::new(py, &output.stdout),
+        PyBytes::new(py, &output.stderr),
+    ))?;
+    Ok(completed.unbind())
+}
+
 /// Every cluster with its nodes' health and every run with its phase: the dict that
 /// `bee status --json` prints (key "version" = 1, "clusters", "runs").
 #[pyfunction]
@@ -419,6 +462,7 @@ fn bee_module(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(run, m)?)?;
     m.add_function(wrap_pyfunction!(resume, m)?)?;
     m.add_function(wrap_pyfunction!(discard, m)?)?;
+    m.add_function(wrap_pyfunction!(ssh, m)?)?;
     m.add_function(wrap_pyfunction!(down, m)?)?;
     m.add_function(wrap_pyfunction!(status, m)?)?;
     Ok(())

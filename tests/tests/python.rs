@@ -44,6 +44,10 @@ calls = [
     ("resume unknown", lambda: bee.resume("nosuch")),
     ("discard unknown", lambda: bee.discard("nosuch")),
     ("not a path", lambda: bee.check(3)),
+    ("ssh unknown", lambda: bee.ssh("nosuch", ["true"])),
+    ("ssh without a command", lambda: bee.ssh("nosuch", [])),
+    ("ssh of a string", lambda: bee.ssh("nosuch", "hostname")),
+    ("ssh of numbers", lambda: bee.ssh("nosuch", [1, 2])),
 ]
 for what, call in calls:
     try:
@@ -93,6 +97,16 @@ fn bad_input_from_python_raises_bee_exceptions_that_name_it() {
         "resume unknown: Error (bee.Error): no run named \"nosuch\"".to_string(),
         "discard unknown: Error (bee.Error): no run named \"nosuch\"".to_string(),
         "not a path: TypeError (other): argument 'config': expected str, bytes or os.PathLike"
+            .to_string(),
+        "ssh unknown: Error (bee.Error): no cluster named \"nosuch\"".to_string(),
+        "ssh without a command: ValueError (other): bee.ssh needs a command to run, such as \
+         [\"hostname\"]"
+            .to_string(),
+        "ssh of a string: TypeError (other): bee.ssh: command must be a list of strings, such \
+         as [\"hostname\"], not a str"
+            .to_string(),
+        "ssh of numbers: TypeError (other): bee.ssh: command must be a list of strings, such \
+         as [\"hostname\"]: "
             .to_string(),
         "check: {'name': 'noapp', 'nodes': 2, 'cpus': 1, 'memory_mib': 1024, 'network': \
          'p2p-tree', 'storage': 'data-image-nfs', 'image': None, 'platforms': [{'backend': 'vm', \
@@ -329,5 +343,38 @@ fn ctrl_c_during_up_from_python_tears_down_what_had_started() {
     let (out, err) = (stdout(&output), stderr(&output));
     assert!(output.status.success(), "stdout:\n{out}\nstderr:\n{err}");
     assert_eq!(out, "KeyboardInterrupt\nclusters: 0\n", "stderr:\n{err}");
+    env.assert_no_cluster_left();
+}
+
+/// Starts a cluster with `bee.up`, runs commands on its node with `bee.ssh` and stops it
+/// with `bee.down`, printing what each returns.
+const UP_SSH_DOWN: &str = r#"
+import sys, bee
+name = bee.up(sys.argv[1], progress=lambda kind, text: None)
+print("up:", name)
+done = bee.ssh(name, ["hostname"])
+print("hostname:", done.returncode, done.stdout, done.stderr, done.args)
+done = bee.ssh(name, ["sh", "-c", "echo oops >&2; exit 3"], node="pyup-0")
+print("failing:", done.returncode, done.stdout, done.stderr)
+try:
+    bee.ssh(name, ["true"], node="1")
+except bee.Error as err:
+    print("node 1:", err)
+print("clusters:", [c["name"] for c in bee.status()["clusters"]])
+bee.down(name)
+print("after down:", len(bee.status()["clusters"]))
+"#;
+
+#[test]
+fn up_ssh_and_down_from_python() {
+    let env = BeeEnv::new();
+    let dir = tempfile::tempdir().unwrap();
+    let config = write_config(dir.path(), "[cluster]\nname = \"pyup\"\nnodes = 1\n");
+    let (out, err) = python(&env, UP_SSH_DOWN, &[config.to_str().unwrap()], COMMAND_TIMEOUT);
+    let expected = "up: pyup\nhostname: 0 b'pyup-0\\n' b'' ['hostname']\n\
+                    failing: 3 b'' b'oops\\n'\n\
+                    node 1: cluster pyup has no node \"1\": expected an index from 0 to 0 or one \
+                    of pyup-0\nclusters: ['pyup']\nafter down: 0\n";
+    assert_eq!(out, expected, "stderr:\n{err}");
     env.assert_no_cluster_left();
 }
