@@ -132,6 +132,13 @@ impl BeeEnv {
         wait_with_timeout(child, COMMAND_TIMEOUT, &format!("bee {}", args.join(" ")))
     }
 
+    /// Starts `bee ARGS` with its stdout and stderr piped, without waiting for it.
+    pub fn spawn(&self, args: &[&str]) -> Child {
+        let mut bee = self.command(args);
+        bee.stdout(Stdio::piped()).stderr(Stdio::piped());
+        bee.spawn().expect("bee starts")
+    }
+
     /// Every QEMU process whose command line mentions this state directory.
     pub fn qemu_processes(&self) -> Vec<u32> {
         processes_mentioning(self.state.path())

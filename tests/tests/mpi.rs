@@ -172,12 +172,7 @@ fn a_guest_killed_mid_run_is_named_and_output_already_written_is_kept() {
     let command = "[\"sh\", \"-c\", \"hostname > /bee/shared/before-fault.txt && \
                    mpirun -np 3 sleep 900\"]";
     let (dir, config) = pairs_project("fault", 3, "p2p-star", "virtio-9p", command);
-    let child = env
-        .command(&["run", config.to_str().unwrap()])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
+    let child = env.spawn(&["run", config.to_str().unwrap()]);
     let cluster = env.state_dir().join("clusters/fault");
     wait_until("the job to write into the shared directory", Duration::from_secs(1200), || {
         cluster.join("shared/before-fault.txt").is_file()

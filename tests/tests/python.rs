@@ -5,7 +5,7 @@
 //! it is missing.
 
 use std::io::{BufRead, BufReader};
-use std::process::Stdio;
+use std::process::{Child, Stdio};
 use std::sync::mpsc;
 use std::time::Duration;
 
@@ -14,15 +14,18 @@ use bee_tests::{
     COMMAND_TIMEOUT,
 };
 
+/// Starts `script` with `args` in python3 with the module importable, its stdout and stderr
+/// piped.
+fn spawn_python(env: &BeeEnv, python: &PythonPath, script: &str, args: &[&str]) -> Child {
+    let mut command = env.python(python, script, args);
+    command.stdout(Stdio::piped()).stderr(Stdio::piped());
+    command.spawn().expect("python3 starts")
+}
+
 /// Runs `script` with `args` in python3 with the module importable, and waits for it.
 fn python(env: &BeeEnv, script: &str, args: &[&str], timeout: Duration) -> (String, String) {
     let python = PythonPath::new();
-    let child = env
-        .python(&python, script, args)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("python3 starts");
+    let child = spawn_python(env, &python, script, args);
     let output = wait_with_timeout(child, timeout, "python3");
     let (out, err) = (stdout(&output), stderr(&output));
     assert!(output.status.success(), "stdout:\n{out}\nstderr:\n{err}");
@@ -202,12 +205,7 @@ fn ctrl_c_in_python_tears_the_cluster_down_and_the_run_can_be_discarded() {
              \"echo started; exec /bin/busybox sleep 600\"]\n"
         ),
     );
-    let mut child = env
-        .python(&python, INTERRUPTED, &[config.to_str().unwrap()])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("python3 starts");
+    let mut child = spawn_python(&env, &python, INTERRUPTED, &[config.to_str().unwrap()]);
     let (lines, seen) = mpsc::channel();
     let reader = BufReader::new(child.stdout.take().expect("piped stdout"));
     let forward = std::thread::spawn(move || {
@@ -331,12 +329,7 @@ fn ctrl_c_during_up_from_python_tears_down_what_had_started() {
     let python = PythonPath::new();
     let dir = tempfile::tempdir().unwrap();
     let config = write_config(dir.path(), "[cluster]\nname = \"pyhalf\"\nnodes = 1\n");
-    let child = env
-        .python(&python, UP_INTERRUPTED, &[config.to_str().unwrap()])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("python3 starts");
+    let child = spawn_python(&env, &python, UP_INTERRUPTED, &[config.to_str().unwrap()]);
     wait_until("the guest's QEMU", Duration::from_secs(300), || env.qemu_recorded("pyhalf"));
     bee_tests::ctrl_c(&child);
     let output = wait_with_timeout(child, Duration::from_secs(120), "python3 after Ctrl-C");

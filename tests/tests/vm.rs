@@ -2,7 +2,6 @@
 //! inside, and the container's output comes back. Needs the guest image, which
 //! `scripts/test.sh` builds when it is missing.
 
-use std::process::Stdio;
 use std::time::Duration;
 
 use bee_tests::{port_in_use, repo_root, stderr, stdout, wait_until, write_config, BeeEnv};
@@ -99,12 +98,7 @@ fn killing_qemu_during_a_run_names_the_node_and_tears_down() {
         "[cluster]\nname = \"victim\"\nnodes = 1\n[application]\ndockerfile = \"Dockerfile\"\n\
          command = [\"sh\", \"-c\", \"echo started; sleep 900\"]\n",
     );
-    let child = env
-        .command(&["run", config.to_str().unwrap()])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
+    let child = env.spawn(&["run", config.to_str().unwrap()]);
     let record = env.state_dir().join("clusters/victim/record.json");
     wait_until("the run to start", Duration::from_secs(900), || {
         std::fs::read_to_string(&record).is_ok_and(|text| text.contains("\"phase\": \"running\""))
@@ -174,12 +168,7 @@ fn ctrl_c_during_bee_up_tears_down_what_had_started() {
     let env = BeeEnv::new();
     let dir = tempfile::tempdir().unwrap();
     let config = write_config(dir.path(), "[cluster]\nname = \"halfway\"\nnodes = 1\n");
-    let child = env
-        .command(&["up", config.to_str().unwrap()])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
+    let child = env.spawn(&["up", config.to_str().unwrap()]);
     // The guest boots; bee waits for its SSH.
     wait_until("the guest's QEMU", Duration::from_secs(300), || env.qemu_recorded("halfway"));
     bee_tests::ctrl_c(&child);
@@ -206,12 +195,7 @@ fn ctrl_c_during_bee_run_tears_down_and_the_run_can_be_discarded() {
              tag = \"{tag}\"\ncommand = [\"/bin/busybox\", \"sleep\", \"600\"]\n"
         ),
     );
-    let child = env
-        .command(&["run", config.to_str().unwrap()])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
+    let child = env.spawn(&["run", config.to_str().unwrap()]);
     let record = env.state_dir().join("clusters/ctrlc/record.json");
     wait_until("the run to start", Duration::from_secs(600), || {
         std::fs::read_to_string(&record).is_ok_and(|text| text.contains("\"phase\": \"running\""))
