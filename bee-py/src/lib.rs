@@ -398,8 +398,8 @@ fn down(py: Python<'_>, name: String, progress: Option<Py<PyAny>>) -> PyResult<(
     failure([progress.hook()]).map_or(Ok(()), Err)
 }
 
-/// Runs `command` (a list of strings) on `node` of cluster `name` over SSH, as `bee ssh
-/// NAME NODE -- COMMAND` does, and returns a `subprocess.CompletedProcess` with its exit
+/// Runs `command` (a list of strings, one argument each, as with `subprocess`) on `node` of
+/// cluster `name` over SSH, and returns a `subprocess.CompletedProcess` with its exit
 /// code and output (bytes); the exit code is minus the signal that killed it, as with
 /// `subprocess`. `node` is a node name or index (default: the master, node 0). Raises
 /// bee.Error for a cluster or node that does not exist.
@@ -424,7 +424,10 @@ fn ssh(
         ));
     }
     let mut ssh = compose::ssh_command(&name, node.as_deref()).map_err(to_py)?;
-    ssh.args(&command).stdin(std::process::Stdio::null());
+    // One argument a string, as with subprocess: quoted for the node's shell, which ssh
+    // hands the words joined by spaces.
+    let words: Vec<String> = command.iter().map(|word| bee_vm::qemu::shell_quote(word)).collect();
+    ssh.arg(words.join(" ")).stdin(std::process::Stdio::null());
     let output = py
         .detach(|| ssh.output())
         .map_err(|e| Error::new_err(format!("cannot run ssh ({e}); install openssh-client")))?;

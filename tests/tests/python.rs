@@ -347,6 +347,8 @@ name = bee.up(sys.argv[1], progress=lambda kind, text: None)
 print("up:", name)
 done = bee.ssh(name, ["hostname"])
 print("hostname:", done.returncode, done.stdout, done.stderr, done.args)
+done = bee.ssh(name, ["printf", "%s|", "a b", "it's", "$HOME"])
+print("words:", done.stdout)
 done = bee.ssh(name, ["sh", "-c", "echo oops >&2; exit 3"], node="pyup-0")
 print("failing:", done.returncode, done.stdout, done.stderr)
 try:
@@ -365,6 +367,7 @@ fn up_ssh_and_down_from_python() {
     let config = write_config(dir.path(), "[cluster]\nname = \"pyup\"\nnodes = 1\n");
     let (out, err) = python(&env, UP_SSH_DOWN, &[config.to_str().unwrap()], COMMAND_TIMEOUT);
     let expected = "up: pyup\nhostname: 0 b'pyup-0\\n' b'' ['hostname']\n\
+                    words: b\"a b|it's|$HOME|\"\n\
                     failing: 3 b'' b'oops\\n'\n\
                     node 1: cluster pyup has no node \"1\": expected an index from 0 to 0 or one \
                     of pyup-0\nclusters: ['pyup']\nafter down: 0\n";
