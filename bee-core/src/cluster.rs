@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 
 use futures_util::future::try_join_all;
 
-use crate::config::{Application, Config, ImageSource, StorageSpec};
+use crate::config::{Application, CheckpointRequest, Config, ImageSource, StorageSpec};
 use crate::docker::{
     self, ContainerExtras, LogCursor, NodeDocker, OutputStream, BASE_IMAGE, BASE_TARBALL,
     SHARED_DIR,
@@ -49,11 +49,12 @@ pub struct CheckpointAt {
 /// How an application is checkpointed.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum CheckpointHow {
-    /// By itself: the command runs in the master's container, and the application then
-    /// saves its state into the shared directory and exits 0 within `timeout`.
+    /// By itself: asked through the master's container (a command run there, or a signal
+    /// to its main process), the application saves its state into the shared directory
+    /// and exits 0 within `timeout`.
     Application {
-        /// The command.
-        command: Vec<String>,
+        /// How the application is asked.
+        request: CheckpointRequest,
         /// How long the application may take to exit after it.
         timeout: Duration,
     },
@@ -565,8 +566,8 @@ impl Cluster {
                 _ = tokio::time::sleep_until(checkpoint_at), if exit_by.is_none() => {
                     let Some(checkpoint) = checkpoint else { continue };
                     match &checkpoint.how {
-                        CheckpointHow::Application { command, timeout } => {
-                            request_checkpoint(master, container, command).await?;
+                        CheckpointHow::Application { request, timeout } => {
+                            request_checkpoint(master, container, request).await?;
                             on_checkpoint();
                             exit_by = Some((tokio::time::Instant::now() + *timeout, *timeout));
                         }
@@ -775,8 +776,17 @@ enum Watched {
 async fn request_checkpoint(
     master: &NodeDocker,
     container: &str,
-    command: &[String],
+    request: &CheckpointRequest,
 ) -> Result<(), CoreError> {
+    let command = match request {
+        CheckpointRequest::Command(command) => command,
+        CheckpointRequest::Signal(signal) => {
+            let what = format!("sending {signal} to the application for its checkpoint");
+            step(&what, master.signal(container, signal).await)?;
+            tracing::info!(node = %master.node(), signal, "checkpoint signal sent");
+            return Ok(());
+        }
+    };
     let what = "running the checkpoint command".to_string();
     let (code, output) = step(&what, master.exec(container, command).await)?;
     if code != 0 {

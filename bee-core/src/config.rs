@@ -181,6 +181,9 @@ pub struct RawCheckpoint {
     /// Run in the master's container to make the application save its state and exit: a
     /// shell command line, or a program and its arguments.
     pub command: Option<toml::Value>,
+    /// Sent to the main process of the master's container instead of a command, such as
+    /// `"SIGUSR1"`.
+    pub signal: Option<String>,
     /// The command that continues from a saved state; the application's own by default.
     pub restore: Option<Vec<String>>,
     /// How long the application may take to exit after `command`, such as `"5m"`.
@@ -224,12 +227,26 @@ pub struct Config {
     pub platforms: Vec<Platform>,
 }
 
+/// How bee asks the application for its checkpoint.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CheckpointRequest {
+    /// A command run in the master's container.
+    Command(Vec<String>),
+    /// A signal, such as `SIGUSR1`, sent to the main process of the master's container.
+    Signal(String),
+}
+
+/// The signals `checkpoint.signal` accepts: those an application can catch, less the ones
+/// that stop or kill it by default in ways it cannot undo.
+const CHECKPOINT_SIGNALS: [&str; 8] =
+    ["SIGUSR1", "SIGUSR2", "SIGTERM", "SIGINT", "SIGHUP", "SIGQUIT", "SIGALRM", "SIGWINCH"];
+
 /// How the application saves its state into the shared directory and continues from it
 /// (Algorithm 1's data checkpoint).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Checkpoint {
-    /// Run in the master's container; the application then saves its state and exits 0.
-    pub command: Vec<String>,
+    /// How bee asks the application to save its state and exit 0.
+    pub request: CheckpointRequest,
     /// Starts the application from the saved state on the next platform.
     pub restore: Vec<String>,
     /// How long the application may take to exit after `command`.
@@ -799,27 +816,24 @@ impl Checker<'_> {
                  \"virtio-9p\" or \"data-image-nfs\"",
             ));
         }
-        let accepted = "expected a shell command line such as \"touch /bee/shared/stop\", or \
-                        a program and its arguments such as [\"kill\", \"-USR1\", \"1\"]";
-        let command = match &raw.command {
-            None => {
+        let request = match (&raw.command, &raw.signal) {
+            (Some(_), Some(_)) => {
+                return Err(self.section(
+                    "checkpoint",
+                    "both command and signal given: keep one, the command run in the \
+                     master's container or the signal sent to its main process",
+                ))
+            }
+            (None, None) => {
                 return Err(self.section(
                     "checkpoint",
                     "no command given: add command = \"...\", run in the master's container \
-                     to make the application save its state into /bee/shared and exit",
+                     to make the application save its state into /bee/shared and exit, or \
+                     signal = \"SIGUSR1\", sent to its main process",
                 ))
             }
-            Some(toml::Value::String(line)) if !line.trim().is_empty() => {
-                vec!["sh".to_string(), "-c".to_string(), line.clone()]
-            }
-            Some(value @ toml::Value::Array(items)) if !items.is_empty() => {
-                let words: Option<Vec<String>> = items
-                    .iter()
-                    .map(|item| item.as_str().filter(|s| !s.is_empty()).map(str::to_string))
-                    .collect();
-                words.ok_or_else(|| self.invalid("checkpoint.command", value, accepted))?
-            }
-            Some(other) => return Err(self.invalid("checkpoint.command", other, accepted)),
+            (None, Some(signal)) => CheckpointRequest::Signal(self.signal(signal)?),
+            (Some(command), None) => CheckpointRequest::Command(self.checkpoint_command(command)?),
         };
         let restore = match &raw.restore {
             None if app.command.is_empty() => {
@@ -843,11 +857,47 @@ impl Checker<'_> {
         let timeout = self.duration("checkpoint.timeout", raw.timeout.as_deref())?;
         let margin = self.duration("checkpoint.margin", raw.margin.as_deref())?;
         Ok(Checkpoint {
-            command,
+            request,
             restore,
             timeout: timeout.unwrap_or(DEFAULT_CHECKPOINT_TIMEOUT),
             margin: margin.unwrap_or(DEFAULT_CHECKPOINT_MARGIN),
         })
+    }
+
+    /// `checkpoint.command`: a shell command line, or a program and its arguments.
+    fn checkpoint_command(&self, value: &toml::Value) -> Result<Vec<String>, ConfigError> {
+        let accepted = "expected a shell command line such as \"touch /bee/shared/stop\", or \
+                        a program and its arguments such as [\"kill\", \"-USR1\", \"1\"]";
+        match value {
+            toml::Value::String(line) if !line.trim().is_empty() => {
+                Ok(vec!["sh".to_string(), "-c".to_string(), line.clone()])
+            }
+            toml::Value::Array(items) if !items.is_empty() => {
+                let words: Option<Vec<String>> = items
+                    .iter()
+                    .map(|item| item.as_str().filter(|s| !s.is_empty()).map(str::to_string))
+                    .collect();
+                words.ok_or_else(|| self.invalid("checkpoint.command", value, accepted))
+            }
+            other => Err(self.invalid("checkpoint.command", other, accepted)),
+        }
+    }
+
+    /// `checkpoint.signal`: a signal name, with or without `SIG`, in any case.
+    fn signal(&self, text: &str) -> Result<String, ConfigError> {
+        let upper = text.trim().to_ascii_uppercase();
+        let name = match upper.starts_with("SIG") {
+            true => upper,
+            false => format!("SIG{upper}"),
+        };
+        if CHECKPOINT_SIGNALS.contains(&name.as_str()) {
+            return Ok(name);
+        }
+        Err(self.invalid(
+            "checkpoint.signal",
+            quoted(text),
+            &format!("expected one of {}", CHECKPOINT_SIGNALS.join(", ")),
+        ))
     }
 
     /// A positive duration, or `None` when the key is absent.
@@ -1094,7 +1144,11 @@ mod tests {
         assert_eq!(
             config.checkpoint,
             Some(Checkpoint {
-                command: vec!["sh".into(), "-c".into(), "touch /bee/shared/stop".into()],
+                request: CheckpointRequest::Command(vec![
+                    "sh".into(),
+                    "-c".into(),
+                    "touch /bee/shared/stop".into(),
+                ]),
                 restore: vec!["echo".into(), "hi".into()],
                 timeout: DEFAULT_CHECKPOINT_TIMEOUT,
                 margin: Duration::from_secs(30),
@@ -1351,7 +1405,10 @@ mod tests {
         ))
         .unwrap();
         let checkpoint = config.checkpoint.unwrap();
-        assert_eq!(checkpoint.command, ["kill", "-USR1", "1"]);
+        assert_eq!(
+            checkpoint.request,
+            CheckpointRequest::Command(vec!["kill".into(), "-USR1".into(), "1".into()])
+        );
         assert_eq!(checkpoint.restore, ["/app/run", "--restart"]);
         assert_eq!(checkpoint.timeout, Duration::from_secs(120));
         assert_eq!(checkpoint.margin, DEFAULT_CHECKPOINT_MARGIN);
@@ -1377,7 +1434,7 @@ mod tests {
             error(&format!("{CHECKPOINTED}[checkpoint]\nmargin = \"1m\"\n")),
             "/cfg/bee.toml: [checkpoint]: no command given: add command = \"...\", run in the \
              master's container to make the application save its state into /bee/shared and \
-             exit"
+             exit, or signal = \"SIGUSR1\", sent to its main process"
         );
         assert_eq!(
             error(&format!("{CHECKPOINTED}[checkpoint]\ncommand = [\"kill\", 1]\n")),
@@ -1389,6 +1446,25 @@ mod tests {
             error(&format!("{CHECKPOINTED}[checkpoint]\ncommand = \"x\"\ntimeout = \"soon\"\n")),
             "/cfg/bee.toml: checkpoint.timeout = \"soon\": expected a positive duration such as \
              \"90s\", \"20m\" or \"2h\""
+        );
+    }
+
+    #[test]
+    fn checkpoint_by_signal_takes_a_catchable_signal_name() {
+        for given in ["SIGUSR2", "usr2", " Usr2 "] {
+            let config = validate(&format!("{CHECKPOINTED}[checkpoint]\nsignal = \"{given}\"\n"));
+            let request = config.unwrap().checkpoint.unwrap().request;
+            assert_eq!(request, CheckpointRequest::Signal("SIGUSR2".into()), "{given:?}");
+        }
+        assert_eq!(
+            error(&format!("{CHECKPOINTED}[checkpoint]\nsignal = \"SIGKILL\"\n")),
+            "/cfg/bee.toml: checkpoint.signal = \"SIGKILL\": expected one of SIGUSR1, SIGUSR2, \
+             SIGTERM, SIGINT, SIGHUP, SIGQUIT, SIGALRM, SIGWINCH"
+        );
+        assert_eq!(
+            error(&format!("{CHECKPOINTED}[checkpoint]\nsignal = \"USR1\"\ncommand = \"x\"\n")),
+            "/cfg/bee.toml: [checkpoint]: both command and signal given: keep one, the command \
+             run in the master's container or the signal sent to its main process"
         );
     }
 

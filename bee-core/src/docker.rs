@@ -18,7 +18,8 @@ use bollard::exec::StartExecResults;
 use bollard::models::{ContainerCreateBody, ExecConfig, HostConfig};
 use bollard::query_parameters::{
     BuildImageOptionsBuilder, CreateContainerOptionsBuilder, CreateImageOptionsBuilder,
-    ImportImageOptionsBuilder, LogsOptionsBuilder, RemoveContainerOptionsBuilder,
+    ImportImageOptionsBuilder, KillContainerOptionsBuilder, LogsOptionsBuilder,
+    RemoveContainerOptionsBuilder,
 };
 use bollard::{ClientVersion, Docker};
 use bytes::Bytes;
@@ -357,6 +358,15 @@ impl NodeDocker {
                 detail: "the daemon ended the wait without an exit code".to_string(),
             }),
         }
+    }
+
+    /// Sends `signal` (such as `SIGUSR1`) to the main process of the running container
+    /// `container`.
+    pub async fn signal(&self, container: &str, signal: &str) -> Result<(), CoreError> {
+        let options = KillContainerOptionsBuilder::new().signal(signal).build();
+        self.docker.kill_container(container, Some(options)).await.map_err(|e| {
+            docker_error(&self.node, &format!("cannot send {signal} to the container"), &e)
+        })
     }
 
     /// Runs `command` in the running container `container` and returns its exit code and

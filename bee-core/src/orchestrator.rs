@@ -4,7 +4,7 @@
 //! For each platform in turn the orchestrator deploys a cluster (with the input, or the
 //! last checkpoint, staged into its shared storage), starts the application (or its
 //! restore command), and monitors it. When the platform's time slot is about to end
-//! (`checkpoint.margin` before), it runs `checkpoint.command` in the master's container,
+//! (`checkpoint.margin` before), it asks for a checkpoint in the master's container,
 //! waits for the application to save its state into the shared directory and exit, stops
 //! the cluster and keeps the shared directory in the run's data directory: that is the
 //! data that moves to the next platform. An application without `[checkpoint]` is
@@ -341,7 +341,7 @@ impl<'a> Orchestrator<'a> {
             (Some(slot), Some(checkpoint)) => Some(CheckpointAt {
                 at: now + slot.saturating_sub(checkpoint.margin),
                 how: CheckpointHow::Application {
-                    command: checkpoint.command.clone(),
+                    request: checkpoint.request.clone(),
                     timeout: checkpoint.timeout,
                 },
             }),

@@ -311,6 +311,44 @@ fn with_no_platform_left_the_checkpoint_waits_for_resume() {
 }
 
 #[test]
+fn a_signal_asks_for_the_checkpoint_and_resume_restores_from_it() {
+    let env = BeeEnv::new();
+    let dir = tempfile::tempdir().unwrap();
+    let tag = "bee-test/busybox:signal";
+    bee_tests::write_busybox_app(dir.path(), tag);
+    // Saves its state and exits on SIGUSR1; started again with a saved state, prints it.
+    let app = "b=/bin/busybox; s=/bee/shared; if $b test -f $s/state; then echo restored \
+               $($b cat $s/state); exit 0; fi; trap 'echo saved > $s/state; exit 0' USR1; \
+               echo started; while true; do $b sleep 0.2; done";
+    let config = write_config(
+        dir.path(),
+        &format!(
+            "[cluster]\nname = \"ckpt-sig\"\nnodes = 1\n[storage]\nmode = \"virtio-9p\"\n\
+             [application]\ntarball = \"app.tar\"\ntag = \"{tag}\"\n\
+             command = [\"/bin/busybox\", \"sh\", \"-c\", \"{app}\"]\n\
+             [checkpoint]\nsignal = \"usr1\"\ntimeout = \"1m\"\nmargin = \"10s\"\n\
+             [[platform]]\nbackend = \"vm\"\ntime_slot = \"40s\"\n"
+        ),
+    );
+    let output = env.bee(&["run", config.to_str().unwrap()]);
+    let (out, err) = (stdout(&output), stderr(&output));
+    assert_eq!(output.status.code(), Some(75), "stdout:\n{out}\nstderr:\n{err}");
+    assert_eq!(out, "started\n", "{err}");
+    let state = env.state_dir().join("runs/ckpt-sig/data/state");
+    assert_eq!(std::fs::read_to_string(state).unwrap_or_default(), "saved\n", "{err}");
+    env.assert_no_cluster_left();
+
+    let text = std::fs::read_to_string(&config).unwrap().replace("time_slot = \"40s\"\n", "");
+    std::fs::write(&config, text).unwrap();
+    let output = env.bee(&["resume", "ckpt-sig"]);
+    let (out, err) = (stdout(&output), stderr(&output));
+    assert_eq!(output.status.code(), Some(0), "stdout:\n{out}\nstderr:\n{err}");
+    assert_eq!(out, "restored saved\n", "{err}");
+    assert_eq!(run_of(&env, "ckpt-sig")["phase"], "completed");
+    env.assert_no_cluster_left();
+}
+
+#[test]
 fn resume_and_discard_of_an_unknown_run_say_so() {
     let env = BeeEnv::new();
     for (args, code) in [(&["resume", "ghost"][..], 125), (&["discard", "ghost"][..], 1)] {
