@@ -186,7 +186,7 @@ impl ClusterBuilder {
         if let Some(spec) = &config.storage {
             // A restore that fails leaves nothing worth collecting: the checkpoint stays.
             let output = if from.is_some() { None } else { spec.output.clone() };
-            let record = StorageRecord { mode: spec.mode.name().to_string(), output };
+            let record = StorageRecord { mode: spec.mode.name().to_string(), output, keep: false };
             store.update(|r| r.storage = Some(record))?;
         }
         let mut cluster = Cluster {
@@ -612,6 +612,18 @@ impl Cluster {
         self.store.update(|r| {
             if let Some(storage) = r.storage.as_mut() {
                 storage.output = output;
+                storage.keep = false;
+            }
+        })
+    }
+
+    /// Sets teardown to keep the shared directory in `into` as a checkpoint, in the form
+    /// the storage moves fastest ([`Storage::keep`]), instead of collecting it.
+    pub fn keep_into(&mut self, into: PathBuf) -> Result<(), CoreError> {
+        self.store.update(|r| {
+            if let Some(storage) = r.storage.as_mut() {
+                storage.output = Some(into);
+                storage.keep = true;
             }
         })
     }
@@ -684,7 +696,8 @@ impl Cluster {
 }
 
 /// Tears down the cluster recorded in `store`, collects its shared directory with
-/// `storage` when the record names an output, and removes the record. When collecting
+/// `storage` when the record names an output (or keeps it there as a checkpoint, when the
+/// record says so), and removes the record. When collecting
 /// fails, the record and the data stay, so that `bee down` can try again.
 pub async fn teardown(
     backend: &dyn Backend,
@@ -698,10 +711,17 @@ pub async fn teardown(
     store.update(|r| r.phase = Phase::Stopping)?;
     backend.teardown(&mut store, events).await?;
     events.finished(&what, started.elapsed());
-    let output = store.record().storage.as_ref().and_then(|s| s.output.clone());
+    let record = store.record().storage.clone();
+    let (output, keep) = record.map(|s| (s.output, s.keep)).unwrap_or_default();
     if let (Some(storage), Some(output)) = (storage, output) {
-        let spec = StorageSpec { mode: storage.mode(), input: None, output: Some(output) };
-        if let Err(err) = storage.collect(&spec, store.dir(), events).await {
+        let moved = match keep {
+            true => storage.keep(store.dir(), &output, events).await,
+            false => {
+                let spec = StorageSpec { mode: storage.mode(), input: None, output: Some(output) };
+                storage.collect(&spec, store.dir(), events).await
+            }
+        };
+        if let Err(err) = moved {
             store.update(|r| r.phase = Phase::Failed)?;
             let step = "collecting the shared directory (the data stays until `bee down` \
                         succeeds)";

@@ -403,7 +403,7 @@ impl<'a> Orchestrator<'a> {
                 // The cluster record points at the data directory before the run says it
                 // is transferring, so that a `bee resume` after a kill collects there.
                 remove_dir(&data)?;
-                cluster.collect_into(Some(data))?;
+                cluster.keep_into(data)?;
                 run.phase = RunPhase::Transferring;
                 run.detail = format!("saving checkpoint {} from {place}", run.checkpoints + 1);
                 self.runs.save(run)?;

@@ -133,6 +133,10 @@ pub struct StorageRecord {
     pub mode: String,
     /// Where results are collected to, if anywhere.
     pub output: Option<PathBuf>,
+    /// True when `output` is a checkpoint's directory: teardown keeps the data there as
+    /// it is ([`crate::traits::Storage::keep`]) instead of collecting it as results.
+    #[serde(default)]
+    pub keep: bool,
 }
 
 /// A cluster's directory and record file.

@@ -144,6 +144,17 @@ pub trait Storage: Send + Sync {
         dir: &Path,
         events: &dyn Events,
     ) -> Result<(), CoreError>;
+
+    /// Moves what the nodes left in the shared directory of the cluster directory `dir`
+    /// into the directory `into`, after the nodes have stopped, as a checkpoint that
+    /// [`Storage::prepare`] of any mode takes back as `spec.input` on the next platform.
+    /// By default the files are collected into `into` as into an output; a storage whose
+    /// data is one file moves that file instead. It may be called again after an
+    /// interruption, also once it had completed.
+    async fn keep(&self, dir: &Path, into: &Path, events: &dyn Events) -> Result<(), CoreError> {
+        let spec = StorageSpec { mode: self.mode(), input: None, output: Some(into.into()) };
+        self.collect(&spec, dir, events).await
+    }
 }
 
 /// Everything a backend needs to bring up the nodes of one cluster.

@@ -29,6 +29,10 @@ use bee_core::tree::{self, Merge};
 /// The image's file name inside the cluster directory.
 pub const IMAGE_FILE: &str = "data.img";
 
+/// The data image's file name in a checkpoint directory ([`Storage::keep`]): a directory
+/// that holds it holds the data image of the cluster it was kept from, and nothing else.
+pub const KEPT_IMAGE: &str = "bee-data-image.ext4";
+
 /// The ext4 label the master finds the image by, whatever its device name.
 pub const LABEL: &str = "beedata";
 
@@ -76,6 +80,13 @@ const STAGING: &str = ".bee-collect.tmp";
 /// holds stays, except files of the same name, which are overwritten. `lost+found` is left
 /// out. As root, the collected files become root's; as an ordinary user, they are the
 /// user's.
+///
+/// [`Storage::keep`] checks the image and moves the file itself into the checkpoint
+/// directory as [`KEPT_IMAGE`] (a rename: cluster and run directories share bee's state
+/// directory), and [`Storage::prepare`] given such a directory as input copies that image
+/// (sparse, cloned where the file system can) instead of creating one: the data moves as
+/// it was on disk, owners, modes, special files and all, and no file is unpacked on the
+/// way. [`crate::Virtio9p`] unpacks a kept image into its share.
 ///
 /// # Limitations
 ///
@@ -137,15 +148,47 @@ impl Storage for DataImageNfs {
         fs::create_dir_all(dir).map_err(|e| CoreError::io("cannot create", dir, e))?;
         let image = std::path::absolute(dir.join(IMAGE_FILE))
             .map_err(|e| CoreError::io("cannot create", dir.join(IMAGE_FILE), e))?;
+        let kept = spec.input.as_deref().and_then(kept_image);
         if image.exists() {
             events.warning(&format!(
                 "reusing the data image {} as it is; the input is not copied into it again",
                 image.display()
             ));
+        } else if let Some(kept) = kept {
+            let step = format!("filling data image {} from {}", image.display(), kept.display());
+            let started = Instant::now();
+            events.started(&step);
+            copy_image(&kept, &image).await?;
+            events.finished(&step, started.elapsed());
         } else {
             self.create_image(&image, spec.input.as_deref(), events).await?;
         }
         Ok(plan(&image, addresses))
+    }
+
+    async fn keep(&self, dir: &Path, into: &Path, events: &dyn Events) -> Result<(), CoreError> {
+        let (image, kept) = (dir.join(IMAGE_FILE), into.join(KEPT_IMAGE));
+        if !image.exists() && kept.is_file() {
+            // Moved by an earlier call that was interrupted before the record went.
+            return Ok(());
+        }
+        fs::metadata(&image).map_err(|e| CoreError::io("cannot read data image", &image, e))?;
+        let step = format!("keeping data image {} in {}", image.display(), into.display());
+        let started = Instant::now();
+        events.started(&step);
+        check_image(&image).await?;
+        fs::create_dir_all(into).map_err(|e| CoreError::io("cannot create", into, e))?;
+        match fs::rename(&image, &kept) {
+            Ok(()) => {}
+            // Another file system after all: copy, then let the cluster's go.
+            Err(e) if e.kind() == ErrorKind::CrossesDevices => {
+                copy_image(&image, &kept).await?;
+                fs::remove_file(&image).map_err(|e| CoreError::io("cannot remove", &image, e))?;
+            }
+            Err(e) => return Err(CoreError::io("cannot move the data image to", &kept, e)),
+        }
+        events.finished(&step, started.elapsed());
+        Ok(())
     }
 
     async fn collect(
@@ -258,6 +301,51 @@ fn mkfs_args(image: &Path, input: Option<&Path>, size: u64, entries: u64) -> Vec
     // A bare number would count blocks, not bytes.
     args.push(format!("{}M", size >> 20).into());
     args
+}
+
+/// The data image a checkpoint directory `input` holds, if it holds one
+/// ([`KEPT_IMAGE`]).
+pub(crate) fn kept_image(input: &Path) -> Option<PathBuf> {
+    let kept = input.join(KEPT_IMAGE);
+    kept.is_file().then_some(kept)
+}
+
+/// Copies the image `from` to `to`, under a temporary name first so that an image in its
+/// place is always whole: sparse, so that space the job never wrote costs nothing, and
+/// cloned where the file system can.
+async fn copy_image(from: &Path, to: &Path) -> Result<(), CoreError> {
+    let mut partial = to.as_os_str().to_owned();
+    partial.push(".partial");
+    let partial = PathBuf::from(partial);
+    let args = [
+        OsStr::new("--sparse=always"),
+        OsStr::new("--reflink=auto"),
+        OsStr::new("--"),
+        from.as_os_str(),
+        partial.as_os_str(),
+    ];
+    let out = tools::run("cp", &args, None).await?;
+    if !out.status.success() {
+        let _ = fs::remove_file(&partial);
+        let doing = format!("copying {} to {}", from.display(), to.display());
+        return Err(tools::failed("cp", &doing, out.status, &out.stderr));
+    }
+    fs::rename(&partial, to).map_err(|e| CoreError::io("cannot create", to, e))
+}
+
+/// Checks the kept image `image` and unpacks it into `output`, merging as
+/// [`Storage::collect`] does; for a storage that shares plain files. Returns the special
+/// files it skipped.
+pub(crate) async fn unpack_kept(image: &Path, output: &Path) -> Result<Vec<PathBuf>, CoreError> {
+    check_image(image).await?;
+    let staging = output.join(STAGING);
+    let result = unpack_into(image, &staging, output).await;
+    match fs::remove_dir_all(&staging) {
+        Err(e) if e.kind() != ErrorKind::NotFound => {
+            Err(CoreError::io("cannot remove", &staging, e))
+        }
+        _ => result,
+    }
 }
 
 /// Replays the journal and repairs what a guest killed in the middle of writing left, so
@@ -544,6 +632,71 @@ mod tests {
                 format!("finished {collect}"),
             ]
         );
+    }
+
+    #[tokio::test]
+    async fn a_kept_image_moves_as_it_is_and_comes_back_as_the_next_input() {
+        let tmp = tempfile::tempdir().unwrap();
+        let input = tmp.path().join("input");
+        sample_input(&input);
+        let (first, second) = (tmp.path().join("first"), tmp.path().join("second"));
+        let kept_dir = tmp.path().join("runs/r/data");
+        let output = tmp.path().join("output");
+        let events = Recorder::default();
+        let storage = DataImageNfs::new().with_min_size(1);
+        storage
+            .prepare(&spec(Some(input.clone()), None), &addresses(2), &first, &Quiet)
+            .await
+            .unwrap();
+        let inode = fs::metadata(first.join(IMAGE_FILE)).unwrap().ino();
+
+        storage.keep(&first, &kept_dir, &events).await.unwrap();
+        let kept = kept_dir.join(KEPT_IMAGE);
+        assert!(!first.join(IMAGE_FILE).exists(), "the image is still in the cluster");
+        assert_eq!(fs::metadata(&kept).unwrap().ino(), inode, "the image was not moved");
+        let bytes = fs::read(&kept).unwrap();
+        let same = |path: &Path| fs::read(path).unwrap() == bytes;
+        // Interrupted after the move and called again: nothing left to do.
+        storage.keep(&first, &kept_dir, &events).await.unwrap();
+
+        let plan = storage
+            .prepare(&spec(Some(kept_dir.clone()), None), &addresses(2), &second, &events)
+            .await
+            .unwrap();
+        let image = second.join(IMAGE_FILE);
+        assert_eq!(plan[0].devices, [StorageDevice::Disk { path: image.clone() }]);
+        assert!(same(&image), "the next image is not the kept one");
+        let blocks = fs::metadata(&image).unwrap().blocks();
+        assert!(blocks * 512 < 128 << 20, "not sparse: {blocks} blocks");
+        assert!(kept.is_file(), "the checkpoint must stay until the run moves on");
+        storage.collect(&spec(None, Some(output.clone())), &second, &Quiet).await.unwrap();
+        assert_same_tree(&input, &output);
+
+        let first_image = first.join(IMAGE_FILE);
+        let keep =
+            format!("keeping data image {} in {}", first_image.display(), kept_dir.display());
+        let fill = format!("filling data image {} from {}", image.display(), kept.display());
+        assert_eq!(
+            events.steps(),
+            [
+                format!("started {keep}"),
+                format!("finished {keep}"),
+                format!("started {fill}"),
+                format!("finished {fill}"),
+            ]
+        );
+    }
+
+    #[tokio::test]
+    async fn keep_without_an_image_names_it() {
+        let tmp = tempfile::tempdir().unwrap();
+        let into = tmp.path().join("data");
+
+        let err = DataImageNfs::new().keep(tmp.path(), &into, &Quiet).await.unwrap_err();
+
+        let image = tmp.path().join("data.img");
+        assert_eq!(err.to_string(), format!("cannot read data image {}", image.display()));
+        assert!(!into.exists());
     }
 
     #[tokio::test]

@@ -16,7 +16,9 @@
 //! commands, run as root in the guests, mount the directory. Attaching the devices is the
 //! backend's job, running the commands the cluster builder's. Both move data in
 //! ([`Storage::prepare`]) and out ([`Storage::collect`]) on the host, without booting a
-//! guest and without root. In the guests the directory belongs to the `bee` user
+//! guest and without root, and keep it as a checkpoint for the next platform
+//! ([`Storage::keep`]): [`DataImageNfs`] moves its image file as it is, which either mode
+//! takes back as input. In the guests the directory belongs to the `bee` user
 //! ([`GUEST_UID`]), so that the application can write to it as `bee` or as root.
 
 mod data_image;
@@ -34,8 +36,8 @@ use bee_core::events::Events;
 use bee_core::traits::{GuestStep, Storage};
 
 pub use data_image::{
-    DataImageNfs, EXPORT_OPTIONS, HEADROOM, IMAGE_FILE, LABEL, MIN_IMAGE_SIZE, MOUNT_ATTEMPTS,
-    NFS_MOUNT_OPTIONS,
+    DataImageNfs, EXPORT_OPTIONS, HEADROOM, IMAGE_FILE, KEPT_IMAGE, LABEL, MIN_IMAGE_SIZE,
+    MOUNT_ATTEMPTS, NFS_MOUNT_OPTIONS,
 };
 pub use virtio9p::{Virtio9p, EXPORT_DIR, MOUNT_TAG, MSIZE, SECURITY_MODEL};
 

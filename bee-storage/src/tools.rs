@@ -1,6 +1,6 @@
-//! The e2fsprogs programs bee runs on the host (`mkfs.ext4`, `debugfs`, `e2fsck`): found
-//! where Debian puts them, run without a shell, and their failures turned into errors that
-//! end with what they printed.
+//! The programs bee runs on the host for storage (e2fsprogs' `mkfs.ext4`, `debugfs` and
+//! `e2fsck`, and `cp` for images): found where Debian puts them, run without a shell, and
+//! their failures turned into errors that end with what they printed.
 
 use std::env;
 use std::ffi::OsStr;

@@ -16,7 +16,7 @@ use bee_core::error::CoreError;
 use bee_core::events::Events;
 use bee_core::traits::{GuestStep, NodeStorage, Storage, StorageDevice};
 
-use crate::{blocking, check_input, give_to_bee, no_nodes, report_skipped};
+use crate::{blocking, check_input, data_image, give_to_bee, no_nodes, report_skipped};
 use bee_core::tree::{self, Merge};
 
 /// The export directory's name inside the cluster directory.
@@ -100,11 +100,21 @@ impl Storage for Virtio9p {
         std::fs::create_dir_all(&export).map_err(|e| CoreError::io("cannot create", &export, e))?;
         if let Some(input) = &spec.input {
             check_input(input)?;
-            let step = format!("copying {} into {}", input.display(), export.display());
+            let kept = data_image::kept_image(input);
+            let from = kept.as_deref().unwrap_or(input);
+            let step = match kept {
+                Some(_) => format!("unpacking {} into {}", from.display(), export.display()),
+                None => format!("copying {} into {}", from.display(), export.display()),
+            };
             let started = Instant::now();
             events.started(&step);
-            let (from, to) = (input.clone(), export.clone());
-            let skipped = blocking(move || tree::merge_tree(&from, &to, Merge::Copy, &[])).await?;
+            let skipped = match kept {
+                Some(image) => data_image::unpack_kept(&image, &export).await?,
+                None => {
+                    let (from, to) = (input.clone(), export.clone());
+                    blocking(move || tree::merge_tree(&from, &to, Merge::Copy, &[])).await?
+                }
+            };
             report_skipped(&skipped, events);
             events.finished(&step, started.elapsed());
         }
@@ -174,6 +184,38 @@ mod tests {
 
     fn spec(input: Option<PathBuf>, output: Option<PathBuf>) -> StorageSpec {
         StorageSpec { mode: StorageMode::Virtio9p, input, output }
+    }
+
+    #[tokio::test]
+    async fn a_kept_data_image_as_input_is_unpacked_into_the_share() {
+        let tmp = tempfile::tempdir().unwrap();
+        let input = tmp.path().join("input");
+        crate::test_support::sample_input(&input);
+        let images = crate::DataImageNfs::new();
+        let image_spec = StorageSpec {
+            mode: StorageMode::DataImageNfs,
+            input: Some(input.clone()),
+            output: None,
+        };
+        let (imaged, kept) = (tmp.path().join("imaged"), tmp.path().join("runs/r/data"));
+        images.prepare(&image_spec, &addresses(1), &imaged, &Quiet).await.unwrap();
+        images.keep(&imaged, &kept, &Quiet).await.unwrap();
+        let events = Recorder::default();
+        let cluster = tmp.path().join("cluster");
+
+        Virtio9p::new()
+            .prepare(&spec(Some(kept.clone()), None), &addresses(2), &cluster, &events)
+            .await
+            .unwrap();
+
+        let export = cluster.join(EXPORT_DIR);
+        assert_same_tree(&input, &export);
+        let step = format!(
+            "unpacking {} into {}",
+            kept.join(crate::KEPT_IMAGE).display(),
+            std::path::absolute(&export).unwrap().display()
+        );
+        assert_eq!(events.steps(), [format!("started {step}"), format!("finished {step}")]);
     }
 
     #[test]

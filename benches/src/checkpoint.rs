@@ -8,8 +8,8 @@
 //! the platforms are this host, one after the other). Every platform but the last has a
 //! time slot; when it ends, bee runs the `[checkpoint]` command, the application writes
 //! its state into the shared directory (`data-image-nfs`, the storage that moves between
-//! platforms) and exits, bee stops the node and collects the data image into the run's
-//! data directory, and on the next platform fills a new data image with it, boots, and
+//! platforms) and exits, bee stops the node and moves the data image file into the run's
+//! data directory, and on the next platform copies it into the new cluster, boots, and
 //! runs the restore command, which reads the state back and checks it.
 //!
 //! The times come from the lines bee prints on stderr (its progress: the same steps it
@@ -21,9 +21,8 @@
 //!   has sent the checkpoint command) to `saving checkpoint i+1 from platform i` (the
 //!   application has written and fsynced its state, and exited);
 //! - **transfer**: from there to the end of `filling data image` on platform `i+1`:
-//!   stopping the node, collecting the data image into the run's data directory
-//!   (`e2fsck`, `debugfs rdump`), and creating the next platform's data image from it
-//!   (`mkfs.ext4 -d`);
+//!   stopping the node, keeping the data image in the run's data directory (`e2fsck`,
+//!   then a rename), and copying it into the next platform's cluster (`cp --sparse`);
 //! - **restore**: from `running IMAGE on platform i+1` (bee starts the restore command) to
 //!   the application's `restored` line (it has read the whole state and checked its
 //!   checksum).
@@ -624,8 +623,8 @@ impl Report {
             "bee's interval, per checkpoint, from bee's own progress lines stamped as they \
              arrived: from `checkpointing NAME before the time slot of platform i` to the end \
              of `filling data image` on platform i+1 (the application writing and fsyncing \
-             its state and exiting, stopping the node, collecting the data image, creating \
-             the next one), plus from `running IMAGE on platform i+1` to the application's \
+             its state and exiting, stopping the node, keeping the data image file, copying \
+             it into the next cluster), plus from `running IMAGE on platform i+1` to the application's \
              `restored` line (starting its container in the guest, reading the state and \
              checking its checksum)"
                 .to_owned(),
@@ -663,8 +662,8 @@ mod tests {
             (75.5, E, "bee: saving checkpoint 1 from platform 0 (vm on local, time slot 17s)"),
             (80.0, E, "bee: checkpoint 1 saved; moving to platform 1 (vm on local)"),
             (80.1, E, "bee: restoring checkpoint 1 on platform 1 (vm on local)"),
-            (80.2, E, "bee: filling data image /s/c/data.img with /s/r/data ..."),
-            (81.5, E, "bee: filling data image /s/c/data.img with /s/r/data: done in 1.3s"),
+            (80.2, E, "bee: filling data image /s/c/data.img from /s/r/data/kept ..."),
+            (81.5, E, "bee: filling data image /s/c/data.img from /s/r/data/kept: done in 1.3s"),
             (140.0, E, "bee: running bee/ckpt-state:latest on platform 1 (vm on local)"),
             (142.5, O, "ckpt-state: restored 67108864 bytes of round 1"),
             (142.6, O, "ckpt-state: done after 1 checkpoint(s)"),

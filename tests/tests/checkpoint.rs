@@ -149,8 +149,13 @@ fn bee_killed_while_moving_a_checkpoint_is_resumed_with_the_same_result() {
     let env = BeeEnv::new();
     let platforms = "[[platform]]\nbackend = \"vm\"\ntime_slot = \"50s\"\n\
                      [[platform]]\nbackend = \"vm\"\n";
-    let (dir, config) =
-        counter_project("ckpt-kill", &format!("{}{platforms}", checkpoint_section()));
+    // On the data image, which moves as one file (Storage::keep) that the resumed bee
+    // must find moved, or move.
+    let (dir, config) = counter_project_on(
+        "ckpt-kill",
+        "data-image-nfs",
+        &format!("{}{platforms}", checkpoint_section()),
+    );
     let mut child = env
         .command(&["run", config.to_str().unwrap()])
         .stdout(Stdio::null())
@@ -158,7 +163,7 @@ fn bee_killed_while_moving_a_checkpoint_is_resumed_with_the_same_result() {
         .spawn()
         .expect("bee starts");
     // SIGKILL as soon as bee says it is saving the checkpoint: the run is then in its
-    // transfer (stopping the guest, collecting the shared directory), which takes seconds.
+    // transfer (stopping the guest, keeping the data image), which takes seconds.
     let transfer = "saving checkpoint 1 from platform 0";
     let lines = stderr_lines(child.stderr.take().unwrap());
     let mut seen = String::new();
@@ -186,6 +191,8 @@ fn bee_killed_while_moving_a_checkpoint_is_resumed_with_the_same_result() {
     assert!(err.contains("tearing down cluster ckpt-kill, left by an earlier bee"), "{err}");
     assert!(err.contains("checkpoint 1 saved; moving to platform 1 (vm on local)"), "{err}");
     assert!(err.contains("restoring checkpoint 1 on platform 1 (vm on local)"), "{err}");
+    let kept = env.state_dir().join("runs/ckpt-kill/data/bee-data-image.ext4");
+    assert!(err.contains(&format!(" from {}: done in ", kept.display())), "{err}");
     assert!(out.contains("counter: 2 ranks, restarting at step "), "{out}");
     assert_eq!(result_file(dir.path()), expected_result(RANKS, STEPS));
     let run = run_of(&env, "ckpt-kill");
