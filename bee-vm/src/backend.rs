@@ -19,9 +19,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
-use bee_core::config::{Hosts, Transport};
+use bee_core::config::{Hosts, StorageMode, Transport};
 use bee_core::events::Events;
-use bee_core::record::{NodeRecord, RecordStore, Resource, SshEndpoint};
+use bee_core::record::{ClusterRecord, NodeRecord, RecordStore, Resource, SshEndpoint};
 use bee_core::traits::{Backend, ClusterPlan, Nic, NodeHealth, StorageDevice};
 use bee_core::CoreError;
 use nix::sys::signal::{kill, Signal};
@@ -271,13 +271,13 @@ impl Backend for VmBackend {
         events: &dyn Events,
     ) -> Result<(), CoreError> {
         let resources = store.record().resources.clone();
-        // Guests first, in parallel: a guest in a Slurm step is asked to power off
-        // through its relay, which stops after it.
+        let phase = stop_phases(store.record());
+        // In phases, each in parallel: see `stop_phases`.
         let mut first_error = None;
-        for relays in [false, true] {
+        for current in StopPhase::ALL {
             let stops = resources.iter().filter_map(|resource| match resource {
                 Resource::Process { node, what, pid, start_time, qmp }
-                    if (what == QMP_RELAY) == relays =>
+                    if phase(node, what) == current =>
                 {
                     // A bee stopped between starting a QEMU here and recording its PID
                     // (Ctrl-C during `bee up`) leaves it to the pid file.
@@ -303,6 +303,37 @@ impl Backend for VmBackend {
             Some(err) => Err(err),
             None => Ok(()),
         }
+    }
+}
+
+/// When teardown stops a process of a cluster.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum StopPhase {
+    /// The guests, but for a master that serves NFS.
+    Guests,
+    /// A master that serves the data image over NFS: the others' shutdown waits for
+    /// their NFS mounts, which hang once the server is gone (measured: a worker stopped
+    /// beside its master did not power off within [`SHUTDOWN_GRACE`] and was killed).
+    NfsServer,
+    /// The QMP relays of guests in Slurm steps, through which the guests were asked to
+    /// power off.
+    Relays,
+}
+
+impl StopPhase {
+    const ALL: [StopPhase; 3] = [StopPhase::Guests, StopPhase::NfsServer, StopPhase::Relays];
+}
+
+/// The phase in which teardown stops the process `what` of `node`, for the cluster of
+/// `record`.
+fn stop_phases(record: &ClusterRecord) -> impl Fn(&str, &str) -> StopPhase {
+    let nfs = record.storage.as_ref().is_some_and(|s| s.mode == StorageMode::DataImageNfs.name());
+    let server = record.nodes.first().filter(|_| nfs && record.nodes.len() > 1);
+    let server = server.map(|master| master.name.clone());
+    move |node, what| match what {
+        QMP_RELAY => StopPhase::Relays,
+        _ if server.as_deref() == Some(node) => StopPhase::NfsServer,
+        _ => StopPhase::Guests,
     }
 }
 
@@ -996,6 +1027,34 @@ fn backend_message(detail: String) -> CoreError {
 mod tests {
     use super::*;
     use crate::qmp::tests::{fake_qemu, CAPABILITIES_OK};
+    use bee_core::record::StorageRecord;
+
+    #[test]
+    fn an_nfs_serving_master_stops_after_the_other_guests_and_relays_last() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut store = RecordStore::create(dir.path(), "c", "vm", Path::new("/b.toml")).unwrap();
+        let nodes = ["c-0", "c-1"].map(|name| NodeRecord { name: name.into(), ssh: None });
+        let storage = |mode: StorageMode| StorageRecord {
+            mode: mode.name().into(),
+            output: None,
+            keep: false,
+        };
+        store.update(|r| r.nodes = nodes.to_vec()).unwrap();
+        let phase = stop_phases(store.record());
+        assert_eq!([phase("c-0", "qemu"), phase("c-1", "srun")], [StopPhase::Guests; 2]);
+
+        store.update(|r| r.storage = Some(storage(StorageMode::DataImageNfs))).unwrap();
+        let phase = stop_phases(store.record());
+        assert_eq!(phase("c-0", "srun"), StopPhase::NfsServer);
+        assert_eq!(phase("c-1", "srun"), StopPhase::Guests);
+        assert_eq!(phase("c-0", QMP_RELAY), StopPhase::Relays);
+
+        store.update(|r| r.storage = Some(storage(StorageMode::Virtio9p))).unwrap();
+        assert_eq!(stop_phases(store.record())("c-0", "qemu"), StopPhase::Guests);
+        store.update(|r| r.storage = Some(storage(StorageMode::DataImageNfs))).unwrap();
+        store.update(|r| r.nodes.truncate(1)).unwrap();
+        assert_eq!(stop_phases(store.record())("c-0", "qemu"), StopPhase::Guests, "alone");
+    }
 
     #[tokio::test]
     async fn a_paused_guest_is_not_asked_to_power_off() {
