@@ -15,7 +15,7 @@ use std::path::{Path, PathBuf};
 
 use std::process::Stdio;
 
-use bee_tests::slurm::{Slurm, REMOTE_NODE};
+use bee_tests::slurm::{Slurm, NODE, REMOTE_NODE};
 use bee_tests::{
     repo_root, stderr, stdout, wait_with_timeout, write_config, BeeEnv, COMMAND_TIMEOUT,
 };
@@ -50,23 +50,30 @@ fn expected_result(ranks: u64, steps: u64) -> String {
 /// A directory with the counter example's sources and a configuration whose cluster is
 /// `name`, with `extra` appended (checkpoint and platforms).
 fn counter_project(name: &str, extra: &str) -> (tempfile::TempDir, PathBuf) {
-    counter_project_on(name, "virtio-9p", extra)
+    counter_project_on(name, 1, "virtio-9p", extra)
 }
 
-/// [`counter_project`] with the shared directory on `storage`.
-fn counter_project_on(name: &str, storage: &str, extra: &str) -> (tempfile::TempDir, PathBuf) {
+/// [`counter_project`] of `nodes` nodes (joined by a P2P star), with the shared directory
+/// on `storage`.
+fn counter_project_on(
+    name: &str,
+    nodes: u32,
+    storage: &str,
+    extra: &str,
+) -> (tempfile::TempDir, PathBuf) {
     let dir = tempfile::tempdir().unwrap();
     for file in ["counter.c", "Dockerfile"] {
         let from = repo_root().join("examples/checkpoint-counter").join(file);
         std::fs::copy(from, dir.path().join(file)).unwrap();
     }
     let args = format!("\"/app/counter\", \"/bee/shared\", \"{STEPS}\", \"{STEP_MS}\"");
+    let network = if nodes > 1 { "[network]\nmode = \"p2p-star\"\n" } else { "" };
     let config = write_config(
         dir.path(),
         &format!(
-            "[cluster]\nname = \"{name}\"\nnodes = 1\n[storage]\nmode = \"{storage}\"\n\
-             output = \"out\"\n[application]\ndockerfile = \"Dockerfile\"\n\
-             tag = \"bee/counter:latest\"\n\
+            "[cluster]\nname = \"{name}\"\nnodes = {nodes}\n{network}\
+             [storage]\nmode = \"{storage}\"\noutput = \"out\"\n\
+             [application]\ndockerfile = \"Dockerfile\"\ntag = \"bee/counter:latest\"\n\
              command = [\"mpirun\", \"--oversubscribe\", \"-np\", \"{RANKS}\", {args}]\n{extra}"
         ),
     );
@@ -153,6 +160,7 @@ fn bee_killed_while_moving_a_checkpoint_is_resumed_with_the_same_result() {
     // must find moved, or move.
     let (dir, config) = counter_project_on(
         "ckpt-kill",
+        1,
         "data-image-nfs",
         &format!("{}{platforms}", checkpoint_section()),
     );
@@ -201,17 +209,18 @@ fn bee_killed_while_moving_a_checkpoint_is_resumed_with_the_same_result() {
 }
 
 #[test]
-fn an_application_without_checkpoints_moves_as_a_whole_vm_to_slurm_and_ends_like_an_uninterrupted_one(
+fn an_mpi_job_without_checkpoints_moves_as_whole_vms_to_two_slurm_nodes_and_ends_like_an_uninterrupted_one(
 ) {
     let slurm = Slurm::start();
     let env = BeeEnv::new();
     // No [checkpoint]: the slot ends in a VM-level checkpoint, 30 s before it ends. The
-    // saved VM is restored on the other node, its QMP reached through the relay.
+    // two saved guests, one rank on each, are restored one on each node of the allocation,
+    // their QMP reached through the relay and their link between the nodes new.
     let platforms = "[[platform]]\nbackend = \"vm\"\ntime_slot = \"45s\"\n\
                      [[platform]]\nbackend = \"vm\"\nhosts = \"slurm\"\n";
-    let (dir, config) = counter_project_on("ckpt-vm", "data-image-nfs", platforms);
+    let (dir, config) = counter_project_on("ckpt-vm", 2, "data-image-nfs", platforms);
     let started = std::time::Instant::now();
-    let allocation = ["--nodes=1", "--job-name=ckpt-vm", &format!("--nodelist={REMOTE_NODE}")];
+    let allocation = ["--nodes=2", "--job-name=ckpt-vm"];
     let child = slurm
         .salloc_bee(&allocation, env.state_dir(), &["-v", "run", config.to_str().unwrap()])
         .spawn()
@@ -232,14 +241,14 @@ fn an_application_without_checkpoints_moves_as_a_whole_vm_to_slurm_and_ends_like
         "{err}"
     );
     assert!(err.contains("saved checkpoint 1 of the whole nodes from platform 0"), "{err}");
-    assert!(err.contains("ckpt-vm-0: saved "), "{err}");
+    assert!(err.contains("ckpt-vm-0: saved ") && err.contains("ckpt-vm-1: saved "), "{err}");
     assert!(err.contains("checkpoint 1 saved; moving to platform 1 (vm on slurm)"), "{err}");
     assert!(err.contains("restoring checkpoint 1 on platform 1 (vm on slurm)"), "{err}");
-    assert!(err.contains("restoring 1 node(s) from their checkpoint"), "{err}");
-    assert!(
-        err.contains(&format!("ckpt-vm-0: qemu started on {REMOTE_NODE} (step of Slurm job ")),
-        "{err}"
-    );
+    assert!(err.contains("restoring 2 node(s) from their checkpoint"), "{err}");
+    for (index, host) in [NODE, REMOTE_NODE].iter().enumerate() {
+        let started = format!("ckpt-vm-{index}: qemu started on {host} (step of Slurm job ");
+        assert!(err.contains(&started), "{started:?} missing from:\n{err}");
+    }
     // One process from start to end: it never restarted, and its output is not repeated.
     assert_eq!(out.matches("counter: 2 ranks, starting at step 0 of 600").count(), 1, "{out}");
     assert!(!out.contains("restarting"), "{out}");
