@@ -546,8 +546,8 @@ impl Report {
         out += &table.render();
         let of = if self.runs > 1 { format!(", medians of {}", self.runs) } else { String::new() };
         out += &format!(
-            "total = checkpoint (request to fsynced save and exit) + transfer (stop, collect,\n\
-             next data image) + restore (restore command to state read and checked){of}\n"
+            "total = checkpoint (request to fsynced save and exit) + transfer (stop, keep the\n\
+             data image, copy it) + restore (restore command to state read and checked){of}\n"
         );
         out += "deploy: the next platform's boot, Docker and image build, not in the total\n\
                 plain copy: cp + fsync of the copy, its source dropped from the host's cache\n";
@@ -783,8 +783,8 @@ checkpoint benchmark (accelerator: tcg, runs: 1, one node, data-image-nfs, hosts
 MiB  checkpoint s  transfer s  restore s  total s  plain copy s  ratio  target         deploy s
  64           3.0         6.0        2.0     11.0          0.50   22.0  < 1.5: missed      60.0
 256           0.1         0.2        0.1      0.4          0.40    1.0  < 1.5: met         60.0
-total = checkpoint (request to fsynced save and exit) + transfer (stop, collect,
-next data image) + restore (restore command to state read and checked)
+total = checkpoint (request to fsynced save and exit) + transfer (stop, keep the
+data image, copy it) + restore (restore command to state read and checked)
 deploy: the next platform's boot, Docker and image build, not in the total
 plain copy: cp + fsync of the copy, its source dropped from the host's cache
 ";
