@@ -208,17 +208,7 @@ impl Storage for DataImageNfs {
         let step = format!("collecting {} into {}", image.display(), output.display());
         let started = Instant::now();
         events.started(&step);
-        check_image(&image).await?;
-        let staging = output.join(STAGING);
-        let result = unpack_into(&image, &staging, output).await;
-        let cleanup = match fs::remove_dir_all(&staging) {
-            Err(e) if e.kind() != ErrorKind::NotFound => {
-                Err(CoreError::io("cannot remove", &staging, e))
-            }
-            _ => Ok(()),
-        };
-        report_skipped(&result?, events);
-        cleanup?;
+        report_skipped(&unpack_image(&image, output).await?, events);
         events.finished(&step, started.elapsed());
         Ok(())
     }
@@ -333,19 +323,21 @@ async fn copy_image(from: &Path, to: &Path) -> Result<(), CoreError> {
     fs::rename(&partial, to).map_err(|e| CoreError::io("cannot create", to, e))
 }
 
-/// Checks the kept image `image` and unpacks it into `output`, merging as
-/// [`Storage::collect`] does; for a storage that shares plain files. Returns the special
+/// Checks `image` and unpacks it into `output`, merging: what [`Storage::collect`] does,
+/// and what a storage that shares plain files does with a kept image. Returns the special
 /// files it skipped.
-pub(crate) async fn unpack_kept(image: &Path, output: &Path) -> Result<Vec<PathBuf>, CoreError> {
+pub(crate) async fn unpack_image(image: &Path, output: &Path) -> Result<Vec<PathBuf>, CoreError> {
     check_image(image).await?;
     let staging = output.join(STAGING);
     let result = unpack_into(image, &staging, output).await;
-    match fs::remove_dir_all(&staging) {
+    let cleanup = match fs::remove_dir_all(&staging) {
         Err(e) if e.kind() != ErrorKind::NotFound => {
             Err(CoreError::io("cannot remove", &staging, e))
         }
-        _ => result,
-    }
+        _ => Ok(()),
+    };
+    let skipped = result?;
+    cleanup.map(|()| skipped)
 }
 
 /// Replays the journal and repairs what a guest killed in the middle of writing left, so
@@ -685,6 +677,20 @@ mod tests {
                 format!("finished {fill}"),
             ]
         );
+    }
+
+    #[tokio::test]
+    async fn a_failing_image_copy_says_why_and_leaves_nothing() {
+        let tmp = tempfile::tempdir().unwrap();
+        let (from, to) = (tmp.path().join("missing.img"), tmp.path().join("data.img"));
+
+        let err = copy_image(&from, &to).await.unwrap_err();
+
+        let text = err.to_string();
+        let (from_text, to_text) = (from.display(), to.display());
+        let start = format!("cp failed: copying {from_text} to {to_text}: exit status: 1: ");
+        assert!(text.starts_with(&start) && text.contains("No such file"), "{text}");
+        assert!(!to.exists() && !tmp.path().join("data.img.partial").exists());
     }
 
     #[tokio::test]

@@ -101,15 +101,15 @@ impl Storage for Virtio9p {
         if let Some(input) = &spec.input {
             check_input(input)?;
             let kept = data_image::kept_image(input);
-            let from = kept.as_deref().unwrap_or(input);
-            let step = match kept {
-                Some(_) => format!("unpacking {} into {}", from.display(), export.display()),
-                None => format!("copying {} into {}", from.display(), export.display()),
+            let (doing, from) = match &kept {
+                Some(image) => ("unpacking", image.as_path()),
+                None => ("copying", input.as_path()),
             };
+            let step = format!("{doing} {} into {}", from.display(), export.display());
             let started = Instant::now();
             events.started(&step);
             let skipped = match kept {
-                Some(image) => data_image::unpack_kept(&image, &export).await?,
+                Some(image) => data_image::unpack_image(&image, &export).await?,
                 None => {
                     let (from, to) = (input.clone(), export.clone());
                     blocking(move || tree::merge_tree(&from, &to, Merge::Copy, &[])).await?
