@@ -11,7 +11,7 @@ use std::process::{ExitStatus, Stdio};
 use bee_core::error::CoreError;
 use tokio::process::Command;
 
-/// The Debian package that has every program of this module.
+/// The Debian package that has the e2fsprogs programs of this module.
 pub(crate) const E2FSPROGS: &str = "e2fsprogs";
 
 /// Where Debian installs e2fsprogs; not on the `PATH` of ordinary users.
@@ -41,10 +41,18 @@ pub(crate) fn find(program: &str) -> Result<PathBuf, CoreError> {
         .ok_or_else(|| CoreError::Command {
             program: program.to_string(),
             detail: format!(
-                "not found on PATH, in /usr/sbin or in /sbin: install the Debian package \
-                 {E2FSPROGS}"
+                "not found on PATH, in /usr/sbin or in /sbin: install the Debian package {}",
+                package_of(program)
             ),
         })
+}
+
+/// The Debian package that has `program`.
+fn package_of(program: &str) -> &'static str {
+    match program {
+        "cp" => "coreutils",
+        _ => E2FSPROGS,
+    }
 }
 
 fn is_executable(path: &Path) -> bool {
@@ -113,6 +121,7 @@ mod tests {
             "bee-no-such-mkfs failed: not found on PATH, in /usr/sbin or in /sbin: install \
              the Debian package e2fsprogs"
         );
+        assert_eq!(package_of("cp"), "coreutils");
     }
 
     #[test]
