@@ -5,12 +5,9 @@
 //! Containers use the host network of the node (the paper's network pass-through) and
 //! get the node's shared directory mounted at the same path.
 //!
-//! # Limitations
-//!
-//! A Dockerfile's build context is packed in memory before it is sent; contexts of many
-//! gigabytes need that much memory.
+//! A Dockerfile's build context is packed by [`crate::build_context`].
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::{Duration, Instant};
 
 use bollard::container::LogOutput;
@@ -26,9 +23,11 @@ use bytes::Bytes;
 use futures_util::StreamExt;
 use tokio::io::AsyncReadExt;
 
+use crate::build_context;
 use crate::config::{Application, ImageSource};
 use crate::error::CoreError;
 use crate::events::Events;
+use crate::paths::{cache_dir, state_dir};
 
 /// The Docker API version bee asks for; Debian bookworm's docker.io 20.10 speaks 1.41,
 /// and newer daemons still accept it.
@@ -148,15 +147,22 @@ impl NodeDocker {
         tag: &str,
         events: &dyn Events,
     ) -> Result<(), CoreError> {
-        let (archive, dockerfile_name) = pack_context(dockerfile, context)?;
+        let packed = build_context::pack(dockerfile, context, &[state_dir(), cache_dir()])?;
+        if !packed.left_out.is_empty() {
+            events.detail(&format!(
+                "{}: left out of the build context: {}",
+                self.node,
+                summary(&packed.left_out)
+            ));
+        }
         let options = BuildImageOptionsBuilder::default()
-            .dockerfile(&dockerfile_name)
+            .dockerfile(&packed.dockerfile)
             .t(tag)
             .rm(true)
             .forcerm(true)
             .build();
         let mut stream =
-            self.docker.build_image(options, None, Some(bollard::body_full(archive.into())));
+            self.docker.build_image(options, None, Some(bollard::body_full(packed.archive.into())));
         while let Some(item) = stream.next().await {
             let info = item.map_err(|e| {
                 docker_error(&self.node, &format!("building {}", dockerfile.display()), &e)
@@ -471,32 +477,14 @@ pub fn split_reference(reference: &str) -> (&str, &str) {
     }
 }
 
-/// Packs a build context as a tar archive; a Dockerfile outside the context is added
-/// under a name of its own. Returns the archive and the Dockerfile's name in it.
-fn pack_context(dockerfile: &Path, context: &Path) -> Result<(Vec<u8>, String), CoreError> {
-    let mut builder = tar::Builder::new(Vec::new());
-    builder.follow_symlinks(false);
-    builder
-        .append_dir_all(".", context)
-        .map_err(|e| CoreError::io("cannot pack the build context", context, e))?;
-    let inside = dockerfile.canonicalize().ok().and_then(|file| {
-        let root = context.canonicalize().ok()?;
-        file.strip_prefix(root).ok().map(PathBuf::from)
-    });
-    let name = match inside {
-        Some(relative) => relative.to_string_lossy().into_owned(),
-        None => {
-            let name = ".bee.Dockerfile".to_string();
-            builder
-                .append_path_with_name(dockerfile, &name)
-                .map_err(|e| CoreError::io("cannot read", dockerfile, e))?;
-            name
-        }
-    };
-    let archive = builder
-        .into_inner()
-        .map_err(|e| CoreError::io("cannot pack the build context", context, e))?;
-    Ok((archive, name))
+/// The first few of `items`, and how many more there are.
+fn summary(items: &[String]) -> String {
+    const SHOWN: usize = 5;
+    let mut text = items.iter().take(SHOWN).cloned().collect::<Vec<_>>().join(", ");
+    if items.len() > SHOWN {
+        text.push_str(&format!(" and {} more", items.len() - SHOWN));
+    }
+    text
 }
 
 fn docker_error(node: &str, what: &str, err: &bollard::errors::Error) -> CoreError {
@@ -553,30 +541,9 @@ mod tests {
     }
 
     #[test]
-    fn dockerfile_outside_the_context_is_added() {
-        let dir = tempfile::tempdir().unwrap();
-        let context = dir.path().join("ctx");
-        std::fs::create_dir(&context).unwrap();
-        std::fs::write(context.join("app.txt"), "hi").unwrap();
-        std::fs::write(dir.path().join("Dockerfile"), "FROM bee/base\n").unwrap();
-        let (archive, name) = pack_context(&dir.path().join("Dockerfile"), &context).unwrap();
-        assert_eq!(name, ".bee.Dockerfile");
-        let mut names: Vec<String> = tar::Archive::new(archive.as_slice())
-            .entries()
-            .unwrap()
-            .map(|e| e.unwrap().path().unwrap().to_string_lossy().into_owned())
-            .collect();
-        names.sort();
-        assert!(names.contains(&"app.txt".to_string()), "{names:?}");
-        assert!(names.contains(&".bee.Dockerfile".to_string()), "{names:?}");
-    }
-
-    #[test]
-    fn dockerfile_inside_the_context_keeps_its_path() {
-        let dir = tempfile::tempdir().unwrap();
-        std::fs::create_dir(dir.path().join("docker")).unwrap();
-        std::fs::write(dir.path().join("docker/Dockerfile"), "FROM bee/base\n").unwrap();
-        let (_, name) = pack_context(&dir.path().join("docker/Dockerfile"), dir.path()).unwrap();
-        assert_eq!(name, "docker/Dockerfile");
+    fn a_summary_names_five_and_counts_the_rest() {
+        let items: Vec<String> = (1..=7).map(|i| format!("f{i}")).collect();
+        assert_eq!(summary(&items[..2]), "f1, f2");
+        assert_eq!(summary(&items), "f1, f2, f3, f4, f5 and 2 more");
     }
 }

@@ -14,6 +14,7 @@
 //! `debug` shows commands and wire detail. What the user reads as results goes through
 //! [`events::Events`] and the application's own output, never through `tracing`.
 
+pub mod build_context;
 pub mod cluster;
 pub mod config;
 pub mod docker;
