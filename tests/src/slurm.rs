@@ -19,6 +19,8 @@ pub const NODE: &str = "bee-node";
 pub const REMOTE_NODE: &str = "bee-node2";
 /// How long the daemons get to come up and report the node idle.
 const START_TIMEOUT: Duration = Duration::from_secs(60);
+/// How long ended job steps may stay listed.
+const STEPS_END_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// A running Slurm; stopped when dropped.
 pub struct Slurm {
@@ -200,10 +202,18 @@ impl Slurm {
         salloc
     }
 
-    /// The job steps that are running, as `squeue --steps` shows them (header omitted).
-    pub fn steps(&self) -> String {
-        let output = self.command("squeue").args(["--steps", "-h"]).output().unwrap();
-        String::from_utf8_lossy(&output.stdout).into_owned()
+    /// The job steps left, as `squeue --steps` shows them (header omitted), once Slurm
+    /// has had up to [`STEPS_END_TIMEOUT`] to see them end: slurmctld hears from the
+    /// nodes that a step's tasks exited a moment after its `srun` returns, so a step that
+    /// has just ended may still be listed. Empty when none is left.
+    pub fn steps_left(&self) -> String {
+        let mut listing = String::new();
+        poll(STEPS_END_TIMEOUT, || {
+            let output = self.command("squeue").args(["--steps", "-h"]).output().unwrap();
+            listing = String::from_utf8_lossy(&output.stdout).trim().to_string();
+            listing.is_empty()
+        });
+        listing
     }
 }
 
@@ -285,6 +295,6 @@ mod tests {
         assert_eq!(lines.len(), 2, "{text}");
         assert!(lines[0].starts_with(&format!("0: {NODE} ")), "{text}");
         assert_eq!(lines[1], format!("1: {REMOTE_NODE} 1"), "{text}");
-        assert_eq!(slurm.steps().trim(), "");
+        assert_eq!(slurm.steps_left(), "");
     }
 }

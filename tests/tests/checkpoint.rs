@@ -148,7 +148,7 @@ fn a_checkpointed_run_moves_to_a_slurm_allocation_and_ends_like_an_uninterrupted
     assert_eq!(run["exit_code"], 0);
     assert!(!env.state_dir().join("runs/ckpt-move/data").exists(), "checkpoint left behind");
     env.assert_no_cluster_left();
-    assert_eq!(slurm.steps().trim(), "", "job steps left running");
+    assert_eq!(slurm.steps_left(), "", "job steps left running");
 }
 
 #[test]
@@ -264,7 +264,7 @@ fn an_mpi_job_without_checkpoints_moves_as_whole_vms_to_two_slurm_nodes_and_ends
     assert!(!env.state_dir().join("runs/ckpt-vm/data").exists(), "checkpoint left behind");
     assert!(!env.state_dir().join("runs/ckpt-vm/data.partial").exists());
     env.assert_no_cluster_left();
-    assert_eq!(slurm.steps().trim(), "", "job steps left running");
+    assert_eq!(slurm.steps_left(), "", "job steps left running");
 }
 
 /// The lines of a child's stderr as they come, read on a thread of their own.

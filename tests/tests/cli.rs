@@ -221,7 +221,7 @@ fn a_slurm_node_that_cannot_run_the_qmp_relay_is_named_before_any_guest_starts()
     assert!(err.ends_with("; install it (Debian's socat) on every node\n"), "{err}");
     assert!(!env.state_dir().join("clusters/sn").exists());
     assert!(env.qemu_processes().is_empty());
-    assert_eq!(slurm.steps().trim(), "", "job steps left running");
+    assert_eq!(slurm.steps_left(), "", "job steps left running");
 }
 
 #[test]

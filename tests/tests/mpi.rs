@@ -115,7 +115,7 @@ fn pairs_pass_on(name: &str, nodes: u32, network: &str, storage: &str, on: On<'_
                 let node = format!("{name}-{index}: qemu started on {host} (step of Slurm job ");
                 assert!(err.contains(&node), "{node:?} missing from:\n{err}");
             }
-            assert_eq!(slurm.steps().trim(), "", "job steps left running");
+            assert_eq!(slurm.steps_left(), "", "job steps left running");
         }
     }
     env.assert_no_cluster_left();
