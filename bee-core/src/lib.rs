@@ -20,6 +20,7 @@ pub mod config;
 pub mod docker;
 pub mod error;
 pub mod events;
+pub mod files;
 pub mod mpi;
 pub mod orchestrator;
 pub mod paths;

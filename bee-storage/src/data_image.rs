@@ -158,7 +158,7 @@ impl Storage for DataImageNfs {
             let step = format!("filling data image {} from {}", image.display(), kept.display());
             let started = Instant::now();
             events.started(&step);
-            copy_image(&kept, &image).await?;
+            bee_core::files::copy_sparse(&kept, &image).await?;
             events.finished(&step, started.elapsed());
         } else {
             self.create_image(&image, spec.input.as_deref(), events).await?;
@@ -182,7 +182,7 @@ impl Storage for DataImageNfs {
             Ok(()) => {}
             // Another file system after all: copy, then let the cluster's go.
             Err(e) if e.kind() == ErrorKind::CrossesDevices => {
-                copy_image(&image, &kept).await?;
+                bee_core::files::copy_sparse(&image, &kept).await?;
                 fs::remove_file(&image).map_err(|e| CoreError::io("cannot remove", &image, e))?;
             }
             Err(e) => return Err(CoreError::io("cannot move the data image to", &kept, e)),
@@ -298,29 +298,6 @@ fn mkfs_args(image: &Path, input: Option<&Path>, size: u64, entries: u64) -> Vec
 pub(crate) fn kept_image(input: &Path) -> Option<PathBuf> {
     let kept = input.join(KEPT_IMAGE);
     kept.is_file().then_some(kept)
-}
-
-/// Copies the image `from` to `to`, under a temporary name first so that an image in its
-/// place is always whole: sparse, so that space the job never wrote costs nothing, and
-/// cloned where the file system can.
-async fn copy_image(from: &Path, to: &Path) -> Result<(), CoreError> {
-    let mut partial = to.as_os_str().to_owned();
-    partial.push(".partial");
-    let partial = PathBuf::from(partial);
-    let args = [
-        OsStr::new("--sparse=always"),
-        OsStr::new("--reflink=auto"),
-        OsStr::new("--"),
-        from.as_os_str(),
-        partial.as_os_str(),
-    ];
-    let out = tools::run("cp", &args, None).await?;
-    if !out.status.success() {
-        let _ = fs::remove_file(&partial);
-        let doing = format!("copying {} to {}", from.display(), to.display());
-        return Err(tools::failed("cp", &doing, out.status, &out.stderr));
-    }
-    fs::rename(&partial, to).map_err(|e| CoreError::io("cannot create", to, e))
 }
 
 /// Checks `image` and unpacks it into `output`, merging: what [`Storage::collect`] does,
@@ -677,20 +654,6 @@ mod tests {
                 format!("finished {fill}"),
             ]
         );
-    }
-
-    #[tokio::test]
-    async fn a_failing_image_copy_says_why_and_leaves_nothing() {
-        let tmp = tempfile::tempdir().unwrap();
-        let (from, to) = (tmp.path().join("missing.img"), tmp.path().join("data.img"));
-
-        let err = copy_image(&from, &to).await.unwrap_err();
-
-        let text = err.to_string();
-        let (from_text, to_text) = (from.display(), to.display());
-        let start = format!("cp failed: copying {from_text} to {to_text}: exit status: 1: ");
-        assert!(text.starts_with(&start) && text.contains("No such file"), "{text}");
-        assert!(!to.exists() && !tmp.path().join("data.img.partial").exists());
     }
 
     #[tokio::test]

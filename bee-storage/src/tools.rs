@@ -1,6 +1,7 @@
 //! The programs bee runs on the host for storage (e2fsprogs' `mkfs.ext4`, `debugfs` and
-//! `e2fsck`, and `cp` for images): found where Debian puts them, run without a shell, and
-//! their failures turned into errors that end with what they printed.
+//! `e2fsck`): found where Debian puts them, run without a shell, and their failures
+//! turned into errors that end with what they printed. Images are copied by
+//! [`bee_core::files::copy_sparse`].
 
 use std::env;
 use std::ffi::OsStr;
@@ -41,18 +42,10 @@ pub(crate) fn find(program: &str) -> Result<PathBuf, CoreError> {
         .ok_or_else(|| CoreError::Command {
             program: program.to_string(),
             detail: format!(
-                "not found on PATH, in /usr/sbin or in /sbin: install the Debian package {}",
-                package_of(program)
+                "not found on PATH, in /usr/sbin or in /sbin: install the Debian package \
+                 {E2FSPROGS}"
             ),
         })
-}
-
-/// The Debian package that has `program`.
-fn package_of(program: &str) -> &'static str {
-    match program {
-        "cp" => "coreutils",
-        _ => E2FSPROGS,
-    }
 }
 
 fn is_executable(path: &Path) -> bool {
@@ -121,7 +114,6 @@ mod tests {
             "bee-no-such-mkfs failed: not found on PATH, in /usr/sbin or in /sbin: install \
              the Debian package e2fsprogs"
         );
-        assert_eq!(package_of("cp"), "coreutils");
     }
 
     #[test]

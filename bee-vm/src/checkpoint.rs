@@ -26,7 +26,6 @@ use bee_core::events::Events;
 use bee_core::record::{RecordStore, Resource};
 use bee_core::CoreError;
 use serde::{Deserialize, Serialize};
-use tokio::process::Command;
 
 use crate::qemu::{self, Disk, VmSpec};
 use crate::qmp::{Migration, Qmp};
@@ -242,16 +241,7 @@ pub async fn bring_back(
             std::fs::create_dir_all(parent)
                 .map_err(|e| CoreError::io("cannot create", parent, e))?;
         }
-        // Sparse, so that a mostly empty data image stays small; cloned where the file
-        // system can.
-        crate::backend::run_tool(
-            "cp",
-            Command::new("cp")
-                .args(["--sparse=always", "--reflink=auto", "--"])
-                .arg(&source)
-                .arg(&target),
-        )
-        .await?;
+        bee_core::files::copy_sparse(&source, &target).await?;
     }
     Ok(saved)
 }
@@ -416,6 +406,7 @@ fn node_error(node: &str, detail: &str) -> CoreError {
 mod tests {
     use super::*;
     use crate::qemu::{Accel, DataNic, DiskFormat};
+    use tokio::process::Command;
 
     fn spec() -> VmSpec {
         VmSpec {
