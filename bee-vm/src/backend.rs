@@ -139,7 +139,7 @@ impl VmBackend {
     ) -> Result<Accel, CoreError> {
         let cache = bee_core::paths::cache_dir().join("kvm-probe.json");
         let decision = kvm::choose(Some(&cache)).await.map_err(|e| backend_error(&e))?;
-        if let Some(warning) = &decision.warning {
+        if let Some(warning) = decision.warning.as_deref().filter(|w| first_time(w)) {
             events.warning(warning);
         }
         let accel_name = match decision.accel {
@@ -149,6 +149,18 @@ impl VmBackend {
         store.update(|r| r.notes.push(accel_name.to_string()))?;
         Ok(decision.accel)
     }
+}
+
+/// True the first time this process sees `warning`: a run that moves between platforms
+/// chooses the accelerator on each, and one reason for TCG needs saying once.
+fn first_time(warning: &str) -> bool {
+    static GIVEN: std::sync::Mutex<Vec<String>> = std::sync::Mutex::new(Vec::new());
+    let mut given = GIVEN.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+    if given.iter().any(|w| w == warning) {
+        return false;
+    }
+    given.push(warning.to_string());
+    true
 }
 
 /// Says where a node's QEMU started; where a node landed matters to the user once it is
@@ -1105,5 +1117,13 @@ mod tests {
         assert_eq!(unrecorded_qemu(&node), None);
         child.kill().unwrap();
         child.wait().unwrap();
+    }
+
+    #[test]
+    fn an_accelerator_warning_is_given_once() {
+        let warning = "bee-test: /dev/kvm hung; using TCG";
+        assert!(first_time(warning));
+        assert!(!first_time(warning));
+        assert!(first_time("bee-test: another reason"));
     }
 }
