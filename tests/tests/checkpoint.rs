@@ -3,7 +3,8 @@
 //! namespace, see [`bee_tests::slurm`], so that bee reaches its QEMU through the QMP relay
 //! and its SSH at that node's address) and is restored there; with no platform left its checkpoint
 //! waits for `bee resume`. The same counter without a checkpoint of its own is moved as a
-//! whole VM (QEMU migration into a file, restored with `-incoming`). Needs the guest
+//! whole VM (QEMU migration into a file, restored with `-incoming`), to a Slurm
+//! allocation and to a host reached over SSH (see [`bee_tests::hosts`]). Needs the guest
 //! image, which `scripts/test.sh` builds when it is missing.
 //!
 //! The clusters have one node running two MPI ranks, to keep the suite within CI's time
@@ -15,6 +16,7 @@ use std::path::{Path, PathBuf};
 
 use std::process::Stdio;
 
+use bee_tests::hosts::SshHosts;
 use bee_tests::slurm::{Slurm, NODE, REMOTE_NODE};
 use bee_tests::{
     repo_root, stderr, stdout, wait_with_timeout, write_config, BeeEnv, COMMAND_TIMEOUT,
@@ -211,21 +213,58 @@ fn bee_killed_while_moving_a_checkpoint_is_resumed_with_the_same_result() {
 #[test]
 fn an_mpi_job_without_checkpoints_moves_as_whole_vms_to_two_slurm_nodes_and_ends_like_an_uninterrupted_one(
 ) {
+    // The two saved guests, one rank on each, are restored one on each node of the
+    // allocation, their QMP reached through the relay and their link between the nodes new.
     let slurm = Slurm::start();
+    vm_level_move("ckpt-vm", 2, Next::Slurm(&slurm));
+}
+
+#[test]
+fn a_job_without_checkpoints_moves_as_a_whole_vm_to_an_ssh_host_and_ends_like_an_uninterrupted_one()
+{
+    // The saved guest is restored by a QEMU in an SSH session on the host, its QMP
+    // forwarded back through that session.
+    let hosts = SshHosts::start(1);
+    vm_level_move("ckpt-vmssh", 1, Next::Ssh(&hosts));
+}
+
+/// Where a VM-level checkpoint moves the guests.
+enum Next<'a> {
+    /// A two-node allocation of this Slurm: guest i on node i.
+    Slurm(&'a Slurm),
+    /// These SSH hosts: guest i on host i.
+    Ssh(&'a SshHosts),
+}
+
+/// The counter without a checkpoint of its own on `nodes` guests (one MPI rank each when
+/// there are two), 45 s on this host, then moved as whole VMs to `next`: with no
+/// [checkpoint] the slot ends in a VM-level checkpoint, 30 s before it ends. The counter
+/// runs on, one process from start to end, and its result is an uninterrupted run's.
+fn vm_level_move(name: &str, nodes: u32, next: Next<'_>) {
     let env = BeeEnv::new();
-    // No [checkpoint]: the slot ends in a VM-level checkpoint, 30 s before it ends. The
-    // two saved guests, one rank on each, are restored one on each node of the allocation,
-    // their QMP reached through the relay and their link between the nodes new.
-    let platforms = "[[platform]]\nbackend = \"vm\"\ntime_slot = \"45s\"\n\
-                     [[platform]]\nbackend = \"vm\"\nhosts = \"slurm\"\n";
-    let (dir, config) = counter_project_on("ckpt-vm", 2, "data-image-nfs", platforms);
+    let second = match &next {
+        Next::Slurm(_) => "\"slurm\"".to_string(),
+        Next::Ssh(hosts) => hosts.toml_list(),
+    };
+    let platforms = format!(
+        "[[platform]]\nbackend = \"vm\"\ntime_slot = \"45s\"\n\
+         [[platform]]\nbackend = \"vm\"\nhosts = {second}\n"
+    );
+    let (dir, config) = counter_project_on(name, nodes, "data-image-nfs", &platforms);
+    let args = ["-v", "run", config.to_str().unwrap()];
     let started = std::time::Instant::now();
-    let allocation = ["--nodes=2", "--job-name=ckpt-vm"];
-    let child = slurm
-        .salloc_bee(&allocation, env.state_dir(), &["-v", "run", config.to_str().unwrap()])
-        .spawn()
-        .expect("salloc starts");
-    let output = wait_with_timeout(child, COMMAND_TIMEOUT, "salloc bee run");
+    let child = match &next {
+        Next::Slurm(slurm) => {
+            let allocation = ["--nodes=2", &format!("--job-name={name}")];
+            slurm.salloc_bee(&allocation, env.state_dir(), &args).spawn().expect("salloc starts")
+        }
+        Next::Ssh(hosts) => {
+            let mut bee = env.command(&args);
+            bee.env("BEE_SSH_CONFIG", hosts.ssh_config());
+            bee.stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().expect("bee starts")
+        }
+    };
+    let output = wait_with_timeout(child, COMMAND_TIMEOUT, "bee run");
     let (out, err) = (stdout(&output), stderr(&output));
     assert_eq!(output.status.code(), Some(0), "stdout:\n{out}\nstderr:\n{err}");
     eprintln!(
@@ -233,20 +272,32 @@ fn an_mpi_job_without_checkpoints_moves_as_whole_vms_to_two_slurm_nodes_and_ends
         started.elapsed().as_secs_f64()
     );
 
-    assert!(
-        err.contains(
-            "checkpointing ckpt-vm before the time slot of platform 0 (vm on local, time slot \
-             45s) ends"
-        ),
-        "{err}"
+    let checkpointing = format!(
+        "checkpointing {name} before the time slot of platform 0 (vm on local, time slot 45s) \
+         ends"
     );
+    assert!(err.contains(&checkpointing), "{err}");
     assert!(err.contains("saved checkpoint 1 of the whole nodes from platform 0"), "{err}");
-    assert!(err.contains("ckpt-vm-0: saved ") && err.contains("ckpt-vm-1: saved "), "{err}");
-    assert!(err.contains("checkpoint 1 saved; moving to platform 1 (vm on slurm)"), "{err}");
-    assert!(err.contains("restoring checkpoint 1 on platform 1 (vm on slurm)"), "{err}");
-    assert!(err.contains("restoring 2 node(s) from their checkpoint"), "{err}");
-    for (index, host) in [NODE, REMOTE_NODE].iter().enumerate() {
-        let started = format!("ckpt-vm-{index}: qemu started on {host} (step of Slurm job ");
+    let on = match &next {
+        Next::Slurm(_) => "slurm".to_string(),
+        Next::Ssh(hosts) => hosts.addresses().join(", "),
+    };
+    let moving = format!("checkpoint 1 saved; moving to platform 1 (vm on {on})");
+    assert!(err.contains(&moving), "{err}");
+    let restoring = format!("restoring checkpoint 1 on platform 1 (vm on {on})");
+    assert!(err.contains(&restoring), "{err}");
+    assert!(err.contains(&format!("restoring {nodes} node(s) from their checkpoint")), "{err}");
+    for index in 0..nodes as usize {
+        assert!(err.contains(&format!("{name}-{index}: saved ")), "{err}");
+        let started = match &next {
+            Next::Slurm(_) => format!(
+                "{name}-{index}: qemu started on {} (step of Slurm job ",
+                [NODE, REMOTE_NODE][index]
+            ),
+            Next::Ssh(hosts) => {
+                format!("{name}-{index}: qemu started on {} over SSH", hosts.addresses()[index])
+            }
+        };
         assert!(err.contains(&started), "{started:?} missing from:\n{err}");
     }
     // One process from start to end: it never restarted, and its output is not repeated.
@@ -257,14 +308,16 @@ fn an_mpi_job_without_checkpoints_moves_as_whole_vms_to_two_slurm_nodes_and_ends
 
     assert_eq!(result_file(dir.path()), checksum);
     assert!(!dir.path().join("out/state").exists(), "the application saved no state itself");
-    let run = run_of(&env, "ckpt-vm");
+    let run = run_of(&env, name);
     assert_eq!(run["phase"], "completed");
     assert_eq!(run["checkpoints"], 1);
     assert_eq!(run["exit_code"], 0);
-    assert!(!env.state_dir().join("runs/ckpt-vm/data").exists(), "checkpoint left behind");
-    assert!(!env.state_dir().join("runs/ckpt-vm/data.partial").exists());
+    assert!(!env.state_dir().join(format!("runs/{name}/data")).exists(), "checkpoint left");
+    assert!(!env.state_dir().join(format!("runs/{name}/data.partial")).exists());
     env.assert_no_cluster_left();
-    assert_eq!(slurm.steps_left(), "", "job steps left running");
+    if let Next::Slurm(slurm) = next {
+        assert_eq!(slurm.steps_left(), "", "job steps left running");
+    }
 }
 
 /// The lines of a child's stderr as they come, read on a thread of their own.
