@@ -131,14 +131,33 @@ impl VmBackend {
         }
     }
 
-    /// KVM when it works here, else TCG with a warning; noted in the record.
+    /// KVM when it works where the guests run, else TCG with a warning; noted in the
+    /// record.
     async fn accel(
         &self,
+        placement: &Placement,
         store: &mut RecordStore,
         events: &dyn Events,
     ) -> Result<Accel, CoreError> {
-        let cache = bee_core::paths::cache_dir().join("kvm-probe.json");
-        let decision = kvm::choose(Some(&cache)).await.map_err(|e| backend_error(&e))?;
+        let cache = bee_core::paths::cache_dir();
+        let forced = kvm::forced_from_env().map_err(|e| backend_error(&e))?;
+        let decision = match (placement, forced) {
+            (Placement::Local, _) => kvm::choose(Some(&cache.join("kvm-probe.json")))
+                .await
+                .map_err(|e| backend_error(&e))?,
+            (_, Some(accel)) => kvm::Decision { accel, warning: None },
+            (remote, None) => {
+                let image = kvm::shared_probe_image(&cache)
+                    .map_err(|e| CoreError::io("cannot write the KVM probe guest", &cache, e))?;
+                let script = kvm::remote_probe_script(&qemu::qemu_binary(), &image);
+                let what = "checking KVM where the guests run";
+                let started = std::time::Instant::now();
+                events.started(what);
+                let hosts = remote.probe(&script).await;
+                events.finished(what, started.elapsed());
+                kvm::decide_for_hosts(&hosts)
+            }
+        };
         if let Some(warning) = decision.warning.as_deref().filter(|w| first_time(w)) {
             events.warning(warning);
         }
@@ -148,6 +167,24 @@ impl VmBackend {
         };
         store.update(|r| r.notes.push(accel_name.to_string()))?;
         Ok(decision.accel)
+    }
+}
+
+/// How long the KVM probe on other hosts may take, connecting included: the probe
+/// itself is killed after [`kvm::PROBE_TIMEOUT`].
+const REMOTE_PROBE_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// What `command` (a remote KVM probe) printed, its standard output and error; a command
+/// that cannot start or does not end in time says so on its error.
+async fn probe_output(mut command: Command) -> (String, String) {
+    command.stdin(Stdio::null()).kill_on_drop(true);
+    match tokio::time::timeout(REMOTE_PROBE_TIMEOUT, command.output()).await {
+        Ok(Ok(output)) => (
+            String::from_utf8_lossy(&output.stdout).into_owned(),
+            String::from_utf8_lossy(&output.stderr).into_owned(),
+        ),
+        Ok(Err(e)) => (String::new(), format!("cannot start {command:?}: {e}")),
+        Err(_) => (String::new(), format!("no answer within {REMOTE_PROBE_TIMEOUT:?}")),
     }
 }
 
@@ -190,6 +227,36 @@ enum Placement {
 }
 
 impl Placement {
+    /// Runs the KVM probe `script` ([`kvm::remote_probe_script`]) on every host, in
+    /// parallel, and returns each host's decision.
+    async fn probe(&self, script: &str) -> Vec<(String, kvm::Decision)> {
+        match self {
+            Placement::Local => Vec::new(),
+            Placement::Ssh(hosts) => {
+                let probes = hosts.iter().map(|host| async move {
+                    let mut ssh = ssh_hosts::ssh();
+                    ssh.arg(&host.destination).arg("--").arg(script);
+                    let (stdout, stderr) = probe_output(ssh).await;
+                    (host.destination.clone(), kvm::remote_decision(&stdout, &stderr))
+                });
+                futures_util::future::join_all(probes).await
+            }
+            Placement::Slurm(allocation) => {
+                let mut srun = allocation.on_every_node("bee-kvm-probe");
+                srun.args(["sh", "-c", script]);
+                let (stdout, stderr) = probe_output(srun).await;
+                let nodes = allocation.nodes.iter().enumerate();
+                nodes
+                    .map(|(index, node)| {
+                        let stdout = Allocation::lines_of(&stdout, index);
+                        let stderr = Allocation::lines_of(&stderr, index);
+                        (node.name.clone(), kvm::remote_decision(&stdout, &stderr))
+                    })
+                    .collect()
+            }
+        }
+    }
+
     fn place(&self, index: usize) -> Place<'_> {
         match self {
             Placement::Local => Place::Local,
@@ -218,7 +285,7 @@ impl Backend for VmBackend {
     ) -> Result<Vec<NodeRecord>, CoreError> {
         let image = &self.image()?;
         let placement = self.placement().await?;
-        let accel = self.accel(store, events).await?;
+        let accel = self.accel(placement, store, events).await?;
         let mut nodes = Vec::new();
         for (index, name) in plan.node_names.iter().enumerate() {
             let place = placement.place(index);
@@ -247,7 +314,7 @@ impl Backend for VmBackend {
     ) -> Result<Vec<NodeRecord>, CoreError> {
         let image = self.image()?;
         let placement = self.placement().await?;
-        let accel = self.accel(store, events).await?;
+        let accel = self.accel(placement, store, events).await?;
         // Listening ends of the links first, as at boot: node order guarantees it.
         let mut nodes = Vec::new();
         for (index, name) in plan.node_names.iter().enumerate() {

@@ -6,6 +6,10 @@
 //! guest that must finish a short workload in long mode within a deadline, and
 //! [`decide`] falls back to TCG, with one warning, when it does not.
 //!
+//! Guests on other hosts (SSH hosts, Slurm nodes) are probed there, by a shell script
+//! that runs QEMU with the probe guest from a file every host sees
+//! ([`remote_probe_script`]); [`decide_for_hosts`] makes one choice of their outcomes.
+//!
 //! This module decides; it does not start the real guests.
 
 use std::ffi::OsString;
@@ -237,6 +241,119 @@ pub async fn choose(cache: Option<&Path>) -> Result<Decision, KvmError> {
     Ok(decision)
 }
 
+/// The word that starts the line a remote probe prints.
+const REMOTE_MARK: &str = "bee-kvm-probe";
+
+/// Exit status of `timeout -s KILL` when it killed the probe QEMU.
+const KILLED_STATUS: i32 = 128 + 9;
+
+/// Writes the probe guest to `dir/kvm-probe.bin` (a directory every host sees, such as
+/// bee's cache) unless it is already there, and returns the file.
+pub fn shared_probe_image(dir: &Path) -> io::Result<PathBuf> {
+    let image = dir.join("kvm-probe.bin");
+    if fs::read(&image).is_ok_and(|bytes| bytes == PROBE_IMAGE) {
+        return Ok(image);
+    }
+    fs::create_dir_all(dir)?;
+    let partial = dir.join(format!("kvm-probe.bin.{}", process::id()));
+    fs::write(&partial, PROBE_IMAGE)?;
+    fs::rename(&partial, &image)?;
+    Ok(image)
+}
+
+/// The shell script that probes KVM on another host: the checks of [`device_state`] and
+/// [`probe`], done there with `qemu` and the probe guest at `image` (see
+/// [`shared_probe_image`]). It prints one line, `bee-kvm-probe absent`,
+/// `bee-kvm-probe inaccessible` or `bee-kvm-probe exit N` (N being QEMU's exit status, 137
+/// when it was killed at the deadline), for [`remote_outcome`]; QEMU's complaints go to
+/// standard error.
+pub fn remote_probe_script(qemu: &Path, image: &Path) -> String {
+    let mut command = format!(
+        "timeout -s KILL {} {}",
+        PROBE_TIMEOUT.as_secs(),
+        crate::ssh_hosts::quote(&qemu.to_string_lossy())
+    );
+    for arg in probe_args(Accel::Kvm, image) {
+        command.push(' ');
+        command.push_str(&crate::ssh_hosts::quote(&arg.to_string_lossy()));
+    }
+    format!(
+        "if [ ! -e {KVM_DEVICE} ]; then echo {REMOTE_MARK} absent; \
+         elif [ ! -r {KVM_DEVICE} ] || [ ! -w {KVM_DEVICE} ]; then \
+         echo {REMOTE_MARK} inaccessible; \
+         else {command} >/dev/null; echo {REMOTE_MARK} exit $?; fi"
+    )
+}
+
+/// What a remote probe's output says, in the terms of [`decide`]; `None` when the output
+/// holds no line of the script (it did not run).
+pub fn remote_outcome(stdout: &str, stderr: &str) -> Option<(KvmDevice, Option<ProbeOutcome>)> {
+    let said = stdout.lines().find_map(|line| {
+        let (_, rest) = line.split_once(REMOTE_MARK)?;
+        Some(rest.trim())
+    })?;
+    let found = match said {
+        "absent" => (KvmDevice::Absent, None),
+        "inaccessible" => (KvmDevice::NotAccessible, None),
+        exit => {
+            let code = exit.strip_prefix("exit ")?.parse::<i32>().ok()?;
+            let outcome = match code {
+                PROBE_EXIT_STATUS => ProbeOutcome::Booted,
+                KILLED_STATUS => ProbeOutcome::Hung(PROBE_TIMEOUT),
+                _ => ProbeOutcome::Failed(remote_failure(code, stderr)),
+            };
+            (KvmDevice::Present, Some(outcome))
+        }
+    };
+    Some(found)
+}
+
+/// The decision for one other host from its probe's output: [`decide`] on what the
+/// output says, or TCG with a warning when the script did not run there.
+pub fn remote_decision(stdout: &str, stderr: &str) -> Decision {
+    match remote_outcome(stdout, stderr) {
+        Some((dev, probe)) => decide(dev, probe, None),
+        None => {
+            let said = stderr.lines().map(str::trim).rfind(|l| !l.is_empty());
+            tcg(format!("the KVM probe could not run ({})", said.unwrap_or("it printed nothing")))
+        }
+    }
+}
+
+fn remote_failure(code: i32, stderr: &str) -> String {
+    let lines: Vec<&str> = stderr.lines().map(str::trim).filter(|l| !l.is_empty()).collect();
+    if lines.is_empty() {
+        format!("qemu ended with exit status {code} and printed nothing")
+    } else {
+        lines.join("; ")
+    }
+}
+
+/// One decision for guests spread over several hosts, from each host's decision: KVM
+/// when every host can use it, else TCG everywhere (a VM-level checkpoint restores only
+/// under the accelerator it was saved with), with a warning naming each host that
+/// cannot and why.
+pub fn decide_for_hosts(hosts: &[(String, Decision)]) -> Decision {
+    let problems: Vec<String> = hosts
+        .iter()
+        .filter(|(_, decision)| decision.accel == Accel::Tcg)
+        .map(|(host, decision)| {
+            let reason = decision.warning.as_deref().unwrap_or("TCG");
+            format!("{host}: {}", reason.trim_end_matches(&format!("; {TCG_FALLBACK}")))
+        })
+        .collect();
+    if problems.is_empty() {
+        let warnings: Vec<String> = hosts
+            .iter()
+            .filter_map(|(host, d)| d.warning.as_ref().map(|w| format!("{host}: {w}")))
+            .collect();
+        let warning = (!warnings.is_empty()).then(|| warnings.join("; "));
+        return Decision { accel: Accel::Kvm, warning };
+    }
+    let warning = format!("{}; {TCG_FALLBACK} on every host", problems.join("; "));
+    Decision { accel: Accel::Tcg, warning: Some(warning) }
+}
+
 /// What a probe outcome is valid for: this boot of the host and this QEMU binary.
 fn probe_cache_key() -> String {
     let boot = fs::read_to_string("/proc/sys/kernel/random/boot_id").unwrap_or_default();
@@ -424,6 +541,81 @@ mod tests {
 
     fn warning(decision: &Decision) -> &str {
         decision.warning.as_deref().expect("a warning")
+    }
+
+    #[test]
+    fn remote_probe_lines_become_outcomes() {
+        let hung = remote_outcome("0: bee-kvm-probe exit 137\n", "");
+        assert_eq!(hung, Some((KvmDevice::Present, Some(ProbeOutcome::Hung(PROBE_TIMEOUT)))));
+        let booted = remote_outcome("bee-kvm-probe exit 85\n", "");
+        assert_eq!(booted, Some((KvmDevice::Present, Some(ProbeOutcome::Booted))));
+        let failed = remote_outcome("bee-kvm-probe exit 1", "qemu: no kvm\n\n");
+        let failure = ProbeOutcome::Failed("qemu: no kvm".into());
+        assert_eq!(failed, Some((KvmDevice::Present, Some(failure))));
+        let silent = remote_outcome("bee-kvm-probe exit 127", "");
+        let failure =
+            ProbeOutcome::Failed("qemu ended with exit status 127 and printed nothing".into());
+        assert_eq!(silent, Some((KvmDevice::Present, Some(failure))));
+        assert_eq!(remote_outcome("bee-kvm-probe absent", ""), Some((KvmDevice::Absent, None)));
+        let denied = remote_outcome("bee-kvm-probe inaccessible", "");
+        assert_eq!(denied, Some((KvmDevice::NotAccessible, None)));
+        assert_eq!(remote_outcome("ssh: connect refused", "x"), None);
+        assert_eq!(remote_outcome("bee-kvm-probe exit soon", ""), None);
+        let lost = remote_decision("", "ssh: connect to host h1 port 22: Connection refused\n");
+        assert_eq!(
+            lost.warning.as_deref(),
+            Some(
+                "the KVM probe could not run (ssh: connect to host h1 port 22: Connection \
+                 refused); using TCG software emulation, which is much slower"
+            )
+        );
+    }
+
+    #[test]
+    fn the_remote_probe_script_checks_the_device_then_runs_qemu_with_a_deadline() {
+        let script = remote_probe_script(Path::new("/opt/q emu"), Path::new("/c/kvm-probe.bin"));
+        assert!(script.starts_with("if [ ! -e /dev/kvm ]; then echo bee-kvm-probe absent;"));
+        assert!(
+            script.contains("else timeout -s KILL 4 '/opt/q emu' -accel kvm -M q35 "),
+            "{script}"
+        );
+        assert!(
+            script
+                .ends_with(" -kernel /c/kvm-probe.bin >/dev/null; echo bee-kvm-probe exit $?; fi"),
+            "{script}"
+        );
+    }
+
+    #[test]
+    fn hosts_share_kvm_only_when_all_can_use_it() {
+        let kvm = || Decision { accel: Accel::Kvm, warning: None };
+        let hung = decide(KvmDevice::Present, Some(ProbeOutcome::Hung(PROBE_TIMEOUT)), None);
+        let all = decide_for_hosts(&[("n1".into(), kvm()), ("n2".into(), kvm())]);
+        assert_eq!(all, kvm());
+        let mixed = decide_for_hosts(&[("n1".into(), kvm()), ("n2".into(), hung.clone())]);
+        assert_eq!(mixed.accel, Accel::Tcg);
+        assert_eq!(
+            mixed.warning.as_deref(),
+            Some(
+                "n2: /dev/kvm is present but a test guest did not finish within 4s (nested \
+                 virtualization?); using TCG software emulation, which is much slower on every \
+                 host"
+            )
+        );
+        let absent = decide(KvmDevice::Absent, None, None);
+        let both = decide_for_hosts(&[("n1".into(), absent), ("n2".into(), hung)]);
+        let text = both.warning.unwrap();
+        assert!(text.starts_with("n1: /dev/kvm does not exist") && text.contains("; n2: "));
+    }
+
+    #[test]
+    fn the_shared_probe_image_is_written_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let image = shared_probe_image(&dir.path().join("cache")).unwrap();
+        assert_eq!(fs::read(&image).unwrap(), PROBE_IMAGE);
+        let modified = fs::metadata(&image).unwrap().modified().unwrap();
+        assert_eq!(shared_probe_image(&dir.path().join("cache")).unwrap(), image);
+        assert_eq!(fs::metadata(&image).unwrap().modified().unwrap(), modified);
     }
 
     #[test]

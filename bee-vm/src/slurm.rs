@@ -109,13 +109,8 @@ impl Allocation {
     /// (see the module's description), so that a node without it is named before any
     /// guest starts rather than when bee cannot reach that guest's QMP.
     async fn check_relay(&self) -> Result<(), CoreError> {
-        let mut srun = Command::new("srun");
-        srun.arg(format!("--jobid={}", self.job_id))
-            .arg(format!("--nodes={}", self.nodes.len()))
-            .args(["--ntasks-per-node=1", "--overlap", "--quiet", "--label"])
-            .args(["--job-name=bee-relay-check", "--", RELAY_PROGRAM, "-V"])
-            .stdin(std::process::Stdio::null())
-            .kill_on_drop(true);
+        let mut srun = self.on_every_node("bee-relay-check");
+        srun.args([RELAY_PROGRAM, "-V"]);
         let output = match tokio::time::timeout(RELAY_CHECK_TIMEOUT, srun.output()).await {
             Ok(Ok(output)) => output,
             Ok(Err(e)) => {
@@ -143,6 +138,29 @@ impl Allocation {
             output.status,
             bee_core::ssh::tail(&said, 4)
         )))
+    }
+
+    /// An `srun` step of one task on every node, to which the caller adds the program
+    /// and its arguments. Its output lines start with the task's number and `: `; task `i`
+    /// runs on `nodes[i]` (one task per node, in the allocation's order).
+    pub fn on_every_node(&self, step_name: &str) -> Command {
+        let mut srun = Command::new("srun");
+        srun.arg(format!("--jobid={}", self.job_id))
+            .arg(format!("--nodes={}", self.nodes.len()))
+            .args(["--ntasks-per-node=1", "--overlap", "--quiet", "--label"])
+            .arg(format!("--job-name={step_name}"))
+            .arg("--")
+            .stdin(std::process::Stdio::null())
+            .kill_on_drop(true);
+        srun
+    }
+
+    /// The lines of output of `on_every_node` from task `index`, without their label.
+    pub fn lines_of(output: &str, index: usize) -> String {
+        let label = format!("{index}: ");
+        let lines: Vec<&str> =
+            output.lines().filter_map(|l| l.trim_start().strip_prefix(&label)).collect();
+        lines.join("\n")
     }
 
     /// The node that hosts guest `index`: guests are spread over the nodes in turn.
@@ -272,6 +290,16 @@ mod tests {
                 "/usr/bin/qemu"
             ]
         );
+    }
+
+    #[test]
+    fn labelled_lines_are_told_apart_by_task() {
+        let output =
+            "0: bee-kvm-probe exit 137\n 1: qemu: no kvm\n10: far\n1: bee-kvm-probe absent\n";
+        assert_eq!(Allocation::lines_of(output, 0), "bee-kvm-probe exit 137");
+        assert_eq!(Allocation::lines_of(output, 1), "qemu: no kvm\nbee-kvm-probe absent");
+        assert_eq!(Allocation::lines_of(output, 10), "far");
+        assert_eq!(Allocation::lines_of(output, 2), "");
     }
 
     #[test]

@@ -1,6 +1,7 @@
 //! Failure paths of the `bee` command that need no guest: each gives a clear error and
 //! the documented exit code.
 
+use bee_tests::hosts::SshHosts;
 use bee_tests::slurm::{Slurm, REMOTE_NODE};
 use bee_tests::{stderr, write_config, BeeEnv};
 
@@ -77,6 +78,48 @@ fn an_unreachable_host_is_named_before_anything_boots() {
     );
     assert!(err.contains("Could not resolve hostname bee-no-such-host.invalid"), "{err}");
     assert!(!env.state_dir().join("clusters/far").exists());
+    assert!(env.qemu_processes().is_empty());
+}
+
+#[test]
+fn kvm_is_probed_on_each_ssh_host_and_what_fails_there_is_named() {
+    let hosts = SshHosts::start(2);
+    let env = BeeEnv::new();
+    let dir = tempfile::tempdir().unwrap();
+    let config = write_config(
+        dir.path(),
+        &format!(
+            "[cluster]\nname = \"kp\"\nnodes = 2\n[[platform]]\nbackend = \"vm\"\n\
+             hosts = {}\n",
+            hosts.toml_list()
+        ),
+    );
+    // A QEMU that cannot run anything, on every host: the probe there fails (or finds no
+    // KVM device, on a machine without one), and so do the guests.
+    let bin = tempfile::tempdir().unwrap();
+    let qemu = bin.path().join("qemu-system-x86_64");
+    std::fs::write(&qemu, "#!/bin/sh\necho \"qemu: cannot run here\" >&2\nexit 1\n").unwrap();
+    std::fs::set_permissions(&qemu, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+
+    let output = env
+        .command(&["up", config.to_str().unwrap()])
+        .env("BEE_SSH_CONFIG", hosts.ssh_config())
+        .env("BEE_QEMU", &qemu)
+        .output()
+        .unwrap();
+
+    let err = stderr(&output);
+    assert_eq!(output.status.code(), Some(1), "{err}");
+    assert!(err.contains("bee: checking KVM where the guests run: done in "), "{err}");
+    let warning = err.lines().find(|l| l.starts_with("bee: warning: ")).unwrap_or_default();
+    for host in hosts.addresses() {
+        assert!(warning.contains(&format!("{host}: /dev/kvm ")), "{host}: {err}");
+    }
+    let reason = "is present but QEMU could not run a test guest with KVM (qemu: cannot run here)";
+    assert!(warning.contains(reason) || warning.contains("does not exist"), "{err}");
+    assert!(warning.ends_with("which is much slower on every host"), "{err}");
+    assert!(err.contains("bee: error: cannot start cluster kp"), "{err}");
+    assert!(!env.state_dir().join("clusters/kp").exists());
     assert!(env.qemu_processes().is_empty());
 }
 

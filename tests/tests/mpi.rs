@@ -101,6 +101,8 @@ fn pairs_pass_on(name: &str, nodes: u32, network: &str, storage: &str, on: On<'_
             )
         );
     }
+    let probed = err.contains("bee: checking KVM where the guests run: done in ");
+    assert_eq!(probed, !matches!(on, On::Here), "KVM probed where the guests run:\n{err}");
     match on {
         On::Here => {}
         On::Ssh(hosts) => {
